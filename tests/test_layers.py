@@ -1,0 +1,83 @@
+"""Layer selection and the tensor measured in each kind of module output."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from torch import nn
+
+from ndtracker.layers import evenly_spaced, first_tensor, layer_weight, select_layers
+from ndtracker.tracker import Tracker
+
+
+def mlp() -> nn.Module:
+    return nn.Sequential(nn.Linear(12, 32), nn.ReLU(), nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, 3))
+
+
+def test_layer_selection_by_name_glob_type_and_module(tmp_path):
+    model = mlp()
+    kw = dict(log_dir=str(tmp_path), detect=False)
+    assert Tracker(model, layers="2", **kw).layers == ["2"]
+    assert Tracker(model, layers=["[02]"], **kw).layers == ["0", "2"]
+    assert Tracker(model, layers=nn.Linear, **kw).layers == ["0", "2", "4"]
+    assert Tracker(model, layers=[model[4], "0"], **kw).layers == ["0", "4"]
+
+
+def test_default_selection_caps_layers_evenly_and_skips_attention_internals(tmp_path):
+    deep = nn.Sequential(*[nn.Linear(4, 4) for _ in range(10)])
+    tracker = Tracker(deep, max_layers=4, log_dir=str(tmp_path), detect=False)
+    assert tracker.layers == ["0", "3", "6", "9"]
+    assert evenly_spaced(list(range(5)), 10) == [0, 1, 2, 3, 4]
+    attention = nn.TransformerEncoderLayer(8, 2, 16, batch_first=True)
+    names = Tracker(attention, log_dir=str(tmp_path), detect=False).layers
+    assert names == ["self_attn", "linear1", "linear2"]
+
+
+def names(model, spec=None, cap=None):
+    return [layer.name for layer in select_layers(model, spec, cap)]
+
+
+def test_embeddings_are_opt_in_and_leaf_weights_are_found():
+    class Custom(nn.Module):  # a Hugging Face Conv1D-like leaf: a 2-D weight, no known type
+        def __init__(self):
+            super().__init__()
+            self.weight = nn.Parameter(torch.randn(4, 6))
+
+        def forward(self, x):
+            return x @ self.weight
+
+    model = nn.Sequential(nn.Embedding(10, 4), Custom(), nn.LayerNorm(6))
+    assert names(model) == ["1"]
+    assert names(model, nn.Embedding) == ["0"]
+
+
+def test_layer_weight_per_module_type():
+    assert layer_weight(nn.Linear(3, 4)).shape == (4, 3)
+    assert layer_weight(nn.Conv2d(3, 8, 3)).shape == (8, 3, 3, 3)
+    assert layer_weight(nn.MultiheadAttention(8, 2)).shape == (24, 8)
+    assert layer_weight(nn.MultiheadAttention(8, 2, kdim=4, vdim=4)).shape == (8, 8)
+    assert layer_weight(nn.LSTM(3, 5, num_layers=2)).shape == (20, 5)
+
+
+def test_first_tensor_of_each_output_kind():
+    @dataclasses.dataclass
+    class Out:
+        note: str
+        hidden: torch.Tensor
+
+    t = torch.ones(2)
+    assert first_tensor(t) is t
+    assert first_tensor((None, (t, 1))) is t
+    assert first_tensor({"a": 1, "b": t}) is t
+    assert first_tensor({"a": torch.zeros(1), "b": t}, key="b") is t
+    assert first_tensor(Out("x", t)) is t
+    packed = nn.utils.rnn.pack_padded_sequence(torch.randn(2, 3, 4), [3, 2], batch_first=True)
+    assert first_tensor(packed).shape == (5, 4)
+    assert first_tensor("text") is None
+
+
+def test_bad_layer_entry_type():
+    with pytest.raises(TypeError, match="layers entries must be names, glob patterns"):
+        select_layers(mlp(), [3.5])

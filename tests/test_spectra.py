@@ -1,0 +1,196 @@
+"""Spectra against a float64 SVD oracle, on planted spectra; invariances; shaping; faults."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ndtracker import spectra
+from ndtracker.spectra import METRICS, Job, StreamingSpectrum, measure, measure_many
+
+ALL = frozenset(METRICS)
+MOMENTS = frozenset({"stable_rank", "participation_ratio"})
+SHAPES = [(256, 512), (300, 200), (1024, 256)]
+
+
+def oracle(x: torch.Tensor) -> torch.Tensor:
+    """The four metrics straight from their definitions on float64 singular values."""
+    s = torch.linalg.svdvals(x.double())
+    lam = s**2
+    p = s / s.sum()
+    p = p[p > 0]
+    energy90 = int((torch.cumsum(lam, 0) < 0.9 * lam.sum()).sum()) + 1
+    return torch.tensor(
+        [lam.sum() / lam[0], lam.sum() ** 2 / (lam**2).sum(), torch.exp(-(p * p.log()).sum()), energy90],
+        dtype=torch.float64,
+    )
+
+
+def planted(rows: int, cols: int, sigma: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """A float32 matrix with exactly the singular values ``sigma`` (random singular vectors)."""
+    g = torch.Generator().manual_seed(seed)
+    u = torch.linalg.qr(torch.randn(rows, len(sigma), generator=g, dtype=torch.float64)).Q
+    v = torch.linalg.qr(torch.randn(cols, len(sigma), generator=g, dtype=torch.float64)).Q
+    return ((u * sigma) @ v.T).float()
+
+
+def spectrum(kind: str, rank: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(1)
+    if kind == "flat":
+        return 1 + 0.01 * torch.rand(rank, generator=g, dtype=torch.float64)
+    if kind == "power":
+        return torch.arange(1, rank + 1, dtype=torch.float64) ** -1.0
+    if kind == "deficient":
+        return torch.cat([0.5 + torch.rand(rank // 4, generator=g, dtype=torch.float64), torch.zeros(rank - rank // 4, dtype=torch.float64)])
+    if kind == "spiked":
+        return torch.cat([torch.tensor([30.0, 10.0, 5.0], dtype=torch.float64), torch.ones(rank - 3, dtype=torch.float64) * 0.1])
+    raise AssertionError(kind)
+
+
+def assert_close_to_oracle(values, expected, metrics=ALL) -> None:
+    got = torch.as_tensor(values[:4], dtype=torch.float64)
+    tolerances = {"stable_rank": 1e-3, "participation_ratio": 1e-3, "effective_rank": 0.02, "energy90": 0.02}
+    for i, name in enumerate(METRICS):
+        if name in metrics:
+            rel = abs(got[i] - expected[i]) / expected[i]
+            assert rel <= tolerances[name], f"{name}: got {got[i]:.6g}, oracle {expected[i]:.6g}"
+        else:
+            assert math.isnan(got[i]), f"{name} was not asked for but came back {got[i]}"
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("kind", ["flat", "power", "deficient", "spiked"])
+def test_exact_matches_svd_oracle(shape, kind):
+    x = planted(*shape, spectrum(kind, min(shape)))
+    result = measure(x, estimator="exact")
+    assert_close_to_oracle(result.tolist(), oracle(x))
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("kind", ["flat", "power", "deficient", "spiked", "gaussian"])
+def test_randomized_stream_matches_oracle_sample_after_sample(shape, kind):
+    """A stream of new batches from one distribution: cold start, then warm starts."""
+    rows, cols = shape
+    if kind == "gaussian":
+        mixing = torch.eye(cols)
+    else:
+        mixing = planted(cols, cols, spectrum(kind, cols), seed=2)
+    state = StreamingSpectrum()
+    g = torch.Generator().manual_seed(3)
+    for _ in range(6):
+        x = torch.randn(rows, cols, generator=g) @ mixing
+        x = x - x.mean(0)
+        table, used = measure_many([Job(x, "randomized", MOMENTS, state)])
+        assert used[0] in ("randomized", "exact")
+        assert_close_to_oracle(table[0], oracle(x), MOMENTS)
+
+
+def test_randomized_without_participation_ratio_skips_the_gram():
+    x = planted(512, 600, spectrum("spiked", 512))
+    state = StreamingSpectrum()
+    table, _ = measure_many([Job(x, "randomized", frozenset({"stable_rank"}), state)])
+    assert_close_to_oracle(table[0], oracle(x), {"stable_rank"})
+    assert state.basis is not None and state.basis.shape == (600, spectra.KRYLOV_BLOCK)
+
+
+def test_randomized_refuses_full_spectrum_metrics():
+    with pytest.raises(ValueError, match="estimator='randomized' gives stable_rank"):
+        measure(torch.randn(10, 10), estimator="randomized", metrics=ALL)
+    with pytest.raises(ValueError, match="estimator must be one of"):
+        measure(torch.randn(10, 10), estimator="svd")
+
+
+def test_choose_estimator_by_metrics_and_size():
+    assert spectra.choose_estimator((1024, 4096), MOMENTS) == "randomized"
+    assert spectra.choose_estimator((1024, 4096), ALL) == "exact"
+    assert spectra.choose_estimator((4096, 64), MOMENTS) == "exact"
+    assert spectra.choose_estimator((4096, 64), MOMENTS, "randomized") == "randomized"
+
+
+@pytest.mark.parametrize("estimator,metrics", [("exact", ALL), ("randomized", MOMENTS)])
+def test_invariant_to_scale_rotation_and_row_permutation(estimator, metrics):
+    x = planted(300, 400, spectrum("power", 300))
+    base = measure(x, estimator=estimator, metrics=metrics)[:4]
+    q = torch.linalg.qr(torch.randn(400, 400, dtype=torch.float64)).Q.float()
+    variants = [x * 1e6, x * 1e-6, x @ q, x[torch.randperm(300)]]
+    for variant in variants:
+        got = measure(variant, estimator=estimator, metrics=metrics)[:4]
+        torch.testing.assert_close(got, base, rtol=2e-4, atol=0, equal_nan=True)
+
+
+def test_huge_magnitudes_do_not_overflow():
+    x = planted(200, 300, spectrum("power", 200)) * 1e30
+    result = measure(x, estimator="exact")
+    assert torch.isfinite(result[:4]).all()
+    assert_close_to_oracle(result.tolist(), oracle(x.double() / 1e30))
+
+
+def test_nonfinite_and_zero_and_empty_are_flagged_not_raised():
+    bad = torch.randn(50, 40)
+    bad[3, 4] = math.nan
+    result = measure(bad, estimator="exact")
+    assert result[5] == 0.0  # the finite flag
+    zero = measure(torch.zeros(50, 40), estimator="exact")
+    assert zero[6] == 0.0 and torch.isnan(zero[:4]).all()
+    empty = measure(torch.zeros(0, 40), estimator="exact")
+    assert torch.isnan(empty[:4]).all()
+
+
+def test_known_values():
+    """A flat spectrum of rank 16: the ranks are 16, and 90% of the energy needs 15 directions."""
+    x = planted(64, 64, torch.ones(16, dtype=torch.float64))
+    result = measure(x, estimator="exact")
+    expected = torch.tensor([16.0, 16.0, 16.0, 15.0], dtype=torch.float64)
+    torch.testing.assert_close(result[:4], expected, rtol=1e-5, atol=0)
+
+
+def test_activation_matrix_layouts():
+    conv = torch.randn(2, 3, 4, 5)
+    channel = spectra.activation_matrix(conv, channels_first=True, center=False)
+    assert channel.shape == (2 * 4 * 5, 3)
+    assert torch.equal(channel[0], conv[0, :, 0, 0])
+    sample = spectra.activation_matrix(conv, channels_first=True, conv="sample", center=False)
+    assert sample.shape == (2, 60)
+    tokens = spectra.activation_matrix(torch.randn(4, 7, 9), center=False)
+    assert tokens.shape == (28, 9)
+    assert spectra.activation_matrix(torch.randn(5), center=False).shape == (5, 1)
+
+
+def test_activation_matrix_centres_caps_and_casts():
+    x = torch.randn(1000, 8, dtype=torch.bfloat16) + 5
+    g = torch.Generator().manual_seed(0)
+    m = spectra.activation_matrix(x, max_rows=100, generator=g)
+    assert m.dtype == torch.float32 and m.shape == (100, 8)
+    torch.testing.assert_close(m.mean(0), torch.zeros(8), atol=1e-5, rtol=0)
+    g2 = torch.Generator().manual_seed(0)
+    again = spectra.activation_matrix(x, max_rows=100, generator=g2)
+    assert torch.equal(m, again)
+
+
+def test_weight_matrix_reshapes_conv_kernels():
+    assert spectra.weight_matrix(torch.randn(16, 3, 5, 5)).shape == (16, 75)
+    assert spectra.weight_matrix(torch.randn(7)).shape == (1, 7)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    rows=st.integers(1, 120),
+    cols=st.integers(1, 120),
+    rank=st.integers(1, 120),
+    dtype=st.sampled_from([torch.float32, torch.float64, torch.bfloat16, torch.float16]),
+    seed=st.integers(0, 2**16),
+)
+def test_property_exact_matches_oracle_on_random_shapes(rows, cols, rank, dtype, seed):
+    rank = min(rank, rows, cols)
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.randn(rows, rank, generator=g) @ torch.randn(rank, cols, generator=g)).to(dtype)
+    result = measure(x.float(), estimator="exact")
+    expected = oracle(x.float())
+    assert_close_to_oracle(result.tolist(), expected)
+    sr, pr, er, e90 = result[:4].tolist()
+    assert 1 - 1e-6 <= sr <= pr + 1e-6 <= rank + 1e-3  # 1 <= stable rank <= participation ratio <= rank
+    assert 1 <= e90 <= rank

@@ -1,0 +1,289 @@
+"""Tracker: the three lines, sampling semantics, layer selection, logged values, bad input, leaks."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import ndtracker
+from ndtracker import spectra
+from ndtracker.tracker import Tracker
+
+
+def mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(12, 32), nn.ReLU(), nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, 3))
+
+
+def train(model, tracker, steps, batch=32, hook=None):
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(steps):
+        x = torch.randn(batch, 12, generator=g)
+        loss = model(x).pow(2).mean()
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        if hook:
+            hook(tracker.current_step)
+        tracker.step(loss=loss)
+
+
+def hook_count(model: nn.Module) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+def test_three_lines_log_every_fifth_step(tmp_path):
+    model = mlp()
+    tracker = ndtracker.Tracker(model, every=5, log_dir=str(tmp_path))
+    train(model, tracker, 23)
+    tracker.close()
+    df = ndtracker.load(tmp_path)
+    assert sorted(df.step.unique()) == [0, 5, 10, 15, 20]
+    assert set(df.layer) == {"0", "2", "4"} and set(df.space) == {"activation", "weight"}
+    assert len(df) == 5 * 3 * 2
+    assert (df.status == "ok").all()
+    assert df.effective_rank.isna().all() and df.energy90.isna().all()  # not in the default set
+    assert df.loss.notna().all() and (df.rows[df.space == "activation"] == 32).all()
+
+
+def test_hooks_only_on_sampled_steps_and_none_after_close(tmp_path):
+    model = mlp()
+    seen = {}
+    tracker = Tracker(model, every=3, log_dir=str(tmp_path), detect=False)
+    train(model, tracker, 7, hook=lambda step: seen.setdefault(step, hook_count(model)))
+    assert [step for step, n in seen.items() if n] == [0, 3, 6]
+    tracker.close()
+    tracker.close()  # idempotent
+    assert hook_count(model) == 0
+
+
+def test_eval_forwards_never_replace_or_add_samples(tmp_path):
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with Tracker(model, every=2, log_dir=str(tmp_path), detect=False) as tracker:
+        for step in range(4):
+            model.eval()
+            with torch.no_grad():
+                model(torch.randn(7, 12))  # an eval pass first: must be ignored
+            model.train()
+            model(torch.randn(32, 12)).sum().backward()
+            model(torch.randn(9, 12))  # a second training forward: not the first, ignored
+            opt.step()
+            opt.zero_grad()
+            tracker.step()
+    df = ndtracker.load(tmp_path)
+    act = df[df.space == "activation"]
+    assert sorted(act.step.unique()) == [0, 2]
+    assert (act.rows == 32).all()
+    assert df.loss.isna().all()
+
+
+def test_gradient_accumulation_captures_the_first_micro_batch(tmp_path):
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with Tracker(model, every=1, log_dir=str(tmp_path), detect=False) as tracker:
+        for _ in range(3):
+            for size in (24, 8, 8, 8):
+                model(torch.randn(size, 12)).sum().backward()
+            opt.step()
+            opt.zero_grad()
+            tracker.step()
+    act = ndtracker.load(tmp_path).query("space == 'activation'")
+    assert len(act) == 3 * 3 and (act.rows == 24).all()
+
+
+def test_sampled_step_without_training_forward_logs_weights_and_warns(tmp_path):
+    model = mlp()
+    with pytest.warns(RuntimeWarning, match="no training forward pass") as caught:
+        with Tracker(model, every=1, log_dir=str(tmp_path), detect=False) as tracker:
+            tracker.step()
+    assert caught[0].filename == __file__  # the warning points at the user's line
+    df = ndtracker.load(tmp_path)
+    assert set(df.space) == {"weight"}
+
+
+def test_logged_values_match_an_svd_of_what_the_layer_saw(tmp_path):
+    model = mlp()
+    captured = {}
+    model[2].register_forward_hook(lambda m, a, out: captured.setdefault("out", out.detach().clone()))
+    metrics = spectra.METRICS
+    with Tracker(model, every=5, log_dir=str(tmp_path), metrics=metrics, detect=False) as tracker:
+        x = torch.randn(64, 12)
+        model(x).sum().backward()
+        tracker.step()
+        weight_after = model[0].weight.detach().clone()
+    df = ndtracker.load(tmp_path).set_index(["layer", "space"])
+    act = captured["out"] - captured["out"].mean(0)
+    expected = spectra.metrics_from_eigenvalues(torch.linalg.svdvals(act.double()) ** 2)
+    row = df.loc[("2", "activation")]
+    got = [row[m] for m in metrics]
+    torch.testing.assert_close(torch.tensor(got, dtype=torch.float64), expected, rtol=1e-4, atol=0)
+    w_expected = spectra.metrics_from_eigenvalues(torch.linalg.svdvals(weight_after.double()) ** 2)
+    w_row = df.loc[("0", "weight")]
+    assert w_row.stable_rank == pytest.approx(w_expected[0].item(), rel=1e-4)
+    assert w_row.energy90 == int(w_expected[3])
+
+
+def test_start_step_continues_the_step_axis_with_a_new_run_id(tmp_path):
+    model = mlp()
+    with Tracker(model, every=5, log_dir=str(tmp_path)) as first:
+        train(model, first, 10)
+    with Tracker(model, every=5, log_dir=str(tmp_path), start_step=10) as second:
+        train(model, second, 10)
+    assert first.run_id != second.run_id
+    df = ndtracker.load(tmp_path)
+    assert sorted(df[df.run_id == second.run_id].step.unique()) == [10, 15]
+    assert sorted(df[df.run_id == first.run_id].step.unique()) == [0, 5]
+
+
+def test_exception_in_the_loop_propagates_unchanged_and_cleans_up(tmp_path):
+    model = mlp()
+    with pytest.raises(KeyError, match="user bug"):
+        with Tracker(model, every=1, log_dir=str(tmp_path), detect=False) as tracker:
+            train(model, tracker, 3)
+            raise KeyError("user bug")
+    assert hook_count(model) == 0
+    assert sorted(ndtracker.load(tmp_path).step.unique()) == [0, 1, 2]
+
+
+def test_rnn_tuple_outputs_and_dict_outputs(tmp_path):
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lstm = nn.LSTM(6, 10, batch_first=True)
+            self.head = nn.Linear(10, 2)
+
+        def forward(self, x):
+            out, _ = self.lstm(x)
+            return {"logits": self.head(out[:, -1])}
+
+    model = Net()
+    with Tracker(model, every=1, log_dir=str(tmp_path), detect=False) as tracker:
+        model(torch.randn(4, 5, 6))["logits"].sum().backward()
+        tracker.step()
+    df = ndtracker.load(tmp_path).set_index(["layer", "space"])
+    assert df.loc[("lstm", "activation")].rows == 20
+    assert df.loc[("lstm", "weight")].cols == 10
+
+
+def test_nonfinite_activations_give_nan_status_and_one_warning(tmp_path):
+    model = mlp()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with Tracker(model, every=1, log_dir=str(tmp_path), detect=False) as tracker:
+            for _ in range(3):
+                model(torch.full((8, 12), math.nan))
+                tracker.step()
+    df = ndtracker.load(tmp_path)
+    act = df[df.space == "activation"]
+    assert (act.status == "nonfinite").all() and act.stable_rank.isna().all()
+    messages = [str(w.message) for w in caught if "nonfinite" in str(w.message)]
+    assert len(messages) == 3  # once per layer, not once per step
+
+
+def test_metrics_option_selects_columns(tmp_path):
+    model = mlp()
+    with Tracker(model, every=1, metrics=["effective_rank"], log_dir=str(tmp_path), detect=False) as t:
+        model(torch.randn(16, 12))
+        t.step()
+    df = ndtracker.load(tmp_path)
+    assert df.effective_rank.notna().all() and df.stable_rank.isna().all()
+    assert set(df.estimator) == {"exact"}
+
+
+@pytest.mark.filterwarnings("ignore:.*no training forward pass")
+def test_loss_tensor_is_read_only_on_sampled_steps(tmp_path, monkeypatch):
+    model = mlp()
+    calls = []
+    original = torch.Tensor.item
+    monkeypatch.setattr(torch.Tensor, "item", lambda self: calls.append(1) or original(self))
+    with Tracker(model, every=4, log_dir=str(tmp_path), detect=False) as tracker:
+        for _ in range(8):
+            tracker.step(loss=torch.tensor(1.5))
+    assert len(calls) == 2
+
+
+@pytest.mark.parametrize(
+    "kwargs,error,match",
+    [
+        (dict(every=0), ValueError, "every must be a positive integer, got 0"),
+        (dict(every=2.5), ValueError, "every must be a positive integer, got 2.5"),
+        (dict(every=True), ValueError, "every must be a positive integer, got True"),
+        (dict(layers="nope*"), ValueError, "layers entry 'nope\\*' matched no module of Sequential"),
+        (dict(layers=nn.LSTM), ValueError, "layers entry 'LSTM' matched no module"),
+        (dict(layers=[]), ValueError, "layers must name at least one module"),
+        (dict(metrics=["rank"]), ValueError, "metrics must be a non-empty selection"),
+        (dict(spaces="gradient"), ValueError, "spaces must be 'activation', 'weight' or both"),
+        (dict(estimator="svd"), ValueError, "estimator must be one of"),
+        (dict(estimator="randomized", metrics=["energy90"]), ValueError, "use estimator='auto'"),
+        (dict(conv="pixel"), ValueError, "conv must be one of"),
+        (dict(max_rows=0), ValueError, "max_rows must be a positive integer"),
+        (dict(weight_every=7), ValueError, "weight_every must be a multiple of every=5"),
+        (dict(flush_secs=0), ValueError, "flush_secs must be a positive number"),
+        (dict(start_step=-1), ValueError, "start_step must be a non-negative integer"),
+        (dict(hooks="always"), ValueError, "hooks must be one of"),
+        (dict(colour="red"), TypeError, "colour"),
+    ],
+)
+def test_bad_configuration_raises_at_construction(tmp_path, kwargs, error, match):
+    model = mlp()
+    with pytest.raises(error, match=match):
+        Tracker(model, log_dir=str(tmp_path), **kwargs)
+    assert hook_count(model) == 0
+
+
+def test_bad_model_and_log_dir(tmp_path):
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module, got str"):
+        Tracker("model", log_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="no trackable layer in Sequential"):
+        Tracker(nn.Sequential(nn.ReLU(), nn.LayerNorm(3)), log_dir=str(tmp_path))
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    with pytest.raises(ValueError, match="file.txt"):
+        Tracker(mlp(), log_dir=str(a_file))
+
+
+def test_sigkill_mid_run_loses_at_most_one_flush_interval(tmp_path):
+    progress = tmp_path / "progress.txt"
+    script = textwrap.dedent(
+        f"""
+        import time, torch
+        import ndtracker
+        model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+        tracker = ndtracker.Tracker(model, every=1, log_dir={str(tmp_path / 'run')!r}, flush_secs=0.2, detect=False)
+        step = 0
+        while True:
+            model(torch.randn(16, 8)).sum().backward()
+            tracker.step()
+            with open({str(progress)!r}, "a") as f:
+                f.write(f"{{time.time()}} {{step}}\\n")
+            step += 1
+            time.sleep(0.01)
+        """
+    )
+    child = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline and (not progress.exists() or len(progress.read_text().splitlines()) < 60):
+            time.sleep(0.05)
+        time.sleep(0.5)
+        killed_at = time.time()
+        os.kill(child.pid, signal.SIGKILL)
+    finally:
+        child.wait()
+    lines = [line.split() for line in progress.read_text().splitlines() if line.strip()]
+    settled = [int(step) for t, step in lines if float(t) < killed_at - 0.2 - 0.15]
+    df = ndtracker.load(tmp_path / "run")
+    assert settled and df.step.max() >= max(settled)
+    assert df.groupby(["step", "layer", "space"]).size().max() == 1
