@@ -1,0 +1,396 @@
+"""Tests of ndtracker.detect: jumps, anomalies, phases, and the online detector.
+
+Series are synthetic with known truth and fixed seeds; margins are wide (shifts of 6 to 12 noise
+sd, nulls at the default threshold of 5 sd), so the tests guard the logic, not the noise of the
+numbers. The rates over many seeds are measured in ``benchmarks/detector.py``.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+
+from ndtracker.detect import (
+    Jump,
+    OnlineDetector,
+    Phase,
+    PhaseChange,
+    _block_sums,
+    _BlockAccumulator,
+    find_anomalies,
+    find_jumps,
+    label_phases,
+)
+
+# ----------------------------------------------------------------------------- generators
+
+
+def steps(n: int, where: list[int], sizes: list[float], width: int = 0) -> np.ndarray:
+    """Level shifts at ``where`` spread linearly over ``width`` samples (0: sharp)."""
+    i = np.arange(n)
+    return sum((s * np.clip((i - w + 1) / (width + 1), 0, 1) for w, s in zip(where, sizes)), np.zeros(n))
+
+
+def ar1(n: int, phi: float, rng: np.random.Generator) -> np.ndarray:
+    """AR(1) noise with unit marginal sd."""
+    e = rng.normal(0, math.sqrt(1 - phi**2), n)
+    e[0] = rng.normal()
+    for i in range(1, n):
+        e[i] += phi * e[i - 1]
+    return e
+
+
+def null(kind: str, n: int = 2000, seed: int = 0) -> np.ndarray:
+    """A jump-free series of one kind, noise sd about 1."""
+    rng = np.random.default_rng(seed)
+    i = np.arange(n, dtype=float)
+    return {
+        "gaussian": lambda: rng.normal(size=n),
+        "ar1": lambda: ar1(n, 0.7, rng),
+        "student-t2": lambda: rng.standard_t(2, n),
+        "heteroscedastic": lambda: rng.normal(size=n) * np.exp(np.log(3) * np.sin(2 * np.pi * i / 1000)),
+        "drift": lambda: 0.3 * i + rng.normal(size=n),
+        "exp-decay": lambda: 60 * np.exp(-i / 300) + rng.normal(size=n),
+        "log-growth": lambda: 20 * np.log1p(i / 30) + rng.normal(size=n),
+        "kinks": lambda: np.interp(i, [0, 200, 1000, n], [100, 30, 45, 45]) + rng.normal(size=n),
+    }[kind]() + 50.0
+
+
+def trajectory(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The seed figure: collapse 100 -> 30 (first 10 %), expansion to 45 (to 50 %), plateau; noise 1.
+
+    Returns the series and its true labels (-1 collapse, +1 expansion, 0 stabilization).
+    """
+    knots, levels = [0, 0.1 * (n - 1), 0.5 * (n - 1), n - 1], [100, 30, 45, 45]
+    clean = np.interp(np.arange(n), knots, levels)
+    labels = np.where(np.arange(n) < 0.1 * (n - 1), -1, np.where(np.arange(n) < 0.5 * (n - 1), 1, 0))
+    return clean + np.random.default_rng(seed).normal(size=n), labels
+
+
+CODE = {"collapse": -1, "stabilization": 0, "expansion": 1}
+
+
+def labels_of(phases: list[Phase]) -> np.ndarray:
+    """Per-position label codes of a phase list."""
+    return np.concatenate([np.full(p.stop - p.start, CODE[p.kind]) for p in phases])
+
+
+def quiet_jumps(values: np.ndarray, **options: float) -> list[Jump]:
+    """find_jumps with the non-finite warning silenced."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return find_jumps(values, **options)
+
+
+# ----------------------------------------------------------------------------- jumps
+
+
+def test_single_jump_found_once_at_its_index() -> None:
+    x = steps(1000, [400], [6.0]) + np.random.default_rng(1).normal(size=1000) + 20
+    jumps = find_jumps(x)
+    assert len(jumps) == 1
+    assert abs(jumps[0].index - 400) <= 2
+    assert jumps[0].direction == 1
+    assert jumps[0].size == pytest.approx(6.0, abs=1.5)
+    assert jumps[0].z >= 5.0
+    assert jumps[0].after - jumps[0].before == pytest.approx(jumps[0].size)
+
+
+def test_noise_free_step_is_one_jump() -> None:
+    assert [(j.index, j.direction) for j in find_jumps([10.0] * 100 + [20.0] * 100)] == [(100, 1)]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_multiple_jumps_each_found_once(seed: int) -> None:
+    where, sizes = [300, 500, 750, 1000], [8.0, -6.0, 10.0, -12.0]
+    x = steps(1300, where, sizes) + np.random.default_rng(seed).normal(size=1300)
+    jumps = find_jumps(x)
+    assert len(jumps) == 4
+    assert all(abs(j.index - w) <= 2 and j.direction == np.sign(s) for j, w, s in zip(jumps, where, sizes))
+
+
+@pytest.mark.parametrize("width", [4, 8])
+def test_smoothed_jump_found_once_near_its_middle(width: int) -> None:
+    x = steps(1000, [500], [-10.0], width) + np.random.default_rng(3).normal(size=1000)
+    jumps = find_jumps(x)
+    assert len(jumps) == 1
+    assert abs(jumps[0].index - (500 + width // 2)) <= 3
+    assert jumps[0].direction == -1
+
+
+@pytest.mark.parametrize(
+    "kind", ["gaussian", "ar1", "student-t2", "heteroscedastic", "drift", "exp-decay", "log-growth", "kinks"]
+)
+@pytest.mark.parametrize("seed", [0, 1])
+def test_no_jump_on_null_series(kind: str, seed: int) -> None:
+    assert find_jumps(null(kind, seed=seed)) == []
+
+
+def test_isolated_spikes_are_anomalies_not_jumps() -> None:
+    x = np.random.default_rng(4).normal(size=1000) + 10
+    x[[200, 201, 600, 850]] += [25.0, 25.0, -30.0, 20.0]
+    assert find_jumps(x) == []
+    assert find_anomalies(x) == [200, 201, 600, 850]
+
+
+def test_short_excursion_is_not_a_jump() -> None:
+    x = np.random.default_rng(5).normal(size=1000)
+    x[500:505] += 20.0  # five samples, then back
+    assert find_jumps(x) == []
+
+
+@pytest.mark.parametrize("scale, offset", [(1e-3, 5.0), (7.5, -300.0), (1e3, 1e4)])
+def test_jumps_are_invariant_to_affine_maps(scale: float, offset: float) -> None:
+    x = steps(1500, [300, 700, 1100], [6.0, -8.0, 5.0]) + np.random.default_rng(6).normal(size=1500)
+    base = find_jumps(x)
+    mapped = find_jumps(scale * x + offset)
+    flipped = find_jumps(-scale * x + offset)
+    assert [j.index for j in mapped] == [j.index for j in flipped] == [j.index for j in base]
+    assert [j.direction for j in mapped] == [j.direction for j in base]
+    assert [j.direction for j in flipped] == [-j.direction for j in base]
+    assert [j.size for j in mapped] == pytest.approx([scale * j.size for j in base])
+
+
+def test_non_finite_values_are_skipped_and_counted() -> None:
+    x = steps(1000, [500], [8.0]) + np.random.default_rng(7).normal(size=1000)
+    x[[100, 101, 800]] = [np.nan, np.inf, -np.inf]
+    with pytest.warns(RuntimeWarning, match="skipped 3 non-finite value"):
+        jumps = find_jumps(x)
+    assert [j.index for j in jumps] == [500]
+
+
+def test_non_finite_run_at_a_jump_is_not_filled_in() -> None:
+    x = steps(1000, [500], [8.0]) + np.random.default_rng(8).normal(size=1000)
+    x[495:505] = np.nan
+    jumps = quiet_jumps(x)
+    assert [j.index for j in jumps] == [505]  # the first finite value at the new level
+
+
+def test_short_and_constant_series_have_no_jump() -> None:
+    assert find_jumps([]) == []
+    assert find_jumps(np.arange(15.0)) == []  # fewer than 2 * min_window values
+    assert find_jumps(np.full(500, 3.0)) == []
+
+
+def test_min_size_drops_small_jumps() -> None:
+    x = steps(1000, [300, 700], [6.0, 12.0]) + np.random.default_rng(9).normal(size=1000)
+    assert [j.index for j in find_jumps(x, min_size=9.0)] == [700]
+
+
+@pytest.mark.parametrize(
+    "values, match",
+    [
+        (np.zeros((3, 4)), r"values must be 1-D, got shape \(3, 4\)"),
+        (5.0, r"values must be 1-D, got shape \(\)"),
+        (["a", "b"], "values must be a 1-D sequence of numbers"),
+    ],
+)
+def test_bad_values_raise(values: object, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        find_jumps(values)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=match):
+        label_phases(values)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "options, match",
+    [
+        ({"z_threshold": 0.5}, r"z_threshold must be a number in \[1.0, 100.0\], got 0.5"),
+        ({"min_window": 2}, r"min_window must be an integer in \[4, 4096\], got 2"),
+        ({"min_window": 8.0}, r"min_window must be an integer in \[4, 4096\], got 8.0"),
+        ({"max_window": 4}, r"max_window must be an integer in \[8, 4096\], got 4"),
+        ({"noise_window": 64}, r"noise_window must be an integer in \[128, 1048576\], got 64"),
+        ({"min_size": -1.0}, r"min_size must be a number in \[0.0, inf\], got -1.0"),
+        ({"z_threshold": True}, r"z_threshold must be a number in \[1.0, 100.0\], got True"),
+    ],
+)
+def test_bad_jump_options_raise(options: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        find_jumps(np.zeros(100), **options)
+    with pytest.raises(ValueError, match=match):
+        OnlineDetector(**options)
+
+
+# ----------------------------------------------------------------------------- phases
+
+
+@pytest.mark.parametrize("n", [200, 1000, 5000])
+def test_phases_of_the_seed_trajectory(n: int) -> None:
+    x, truth = trajectory(n)
+    phases = label_phases(x)
+    assert [p.kind for p in phases] == ["collapse", "expansion", "stabilization"]
+    assert np.mean(labels_of(phases) == truth) >= 0.95
+    assert phases[0].relative_change < -0.5 and phases[1].relative_change > 0.3
+    assert phases[0].slope < 0 < phases[1].slope
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_phases_cover_the_series_contiguously(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(50, 30000))
+    x = np.cumsum(rng.normal(size=n)) + steps(n, [n // 3], [20.0])
+    x[rng.random(n) < 0.02] = np.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        phases = label_phases(x)
+    assert phases[0].start == 0 and phases[-1].stop == n
+    assert all(a.stop == b.start and a.kind != b.kind for a, b in zip(phases, phases[1:]))
+    assert all(p.stop > p.start for p in phases)
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "ar1", "student-t2"])
+@pytest.mark.parametrize("n", [300, 5000])
+def test_flat_noisy_series_is_one_stabilization_phase(kind: str, n: int) -> None:
+    assert [(p.start, p.stop, p.kind) for p in label_phases(null(kind, n))] == [(0, n, "stabilization")]
+
+
+def test_smooth_low_noise_curve_is_not_fragmented() -> None:
+    i = np.arange(20000)
+    x = 20 + 80 * np.exp(-i / 2500) + 1e-4 * np.random.default_rng(0).normal(size=i.size)
+    assert [p.kind for p in label_phases(x)] == ["collapse", "stabilization"]
+
+
+def test_slow_clear_trend_counts() -> None:
+    x = np.r_[np.full(1000, 50.0), np.linspace(50, 60, 600), np.full(1000, 60.0)]
+    x = x + np.random.default_rng(1).normal(0, 1.0, x.size)
+    phases = label_phases(x)
+    assert [p.kind for p in phases] == ["stabilization", "expansion", "stabilization"]
+    assert abs(phases[1].start - 1000) <= 60 and abs(phases[1].stop - 1600) <= 60
+
+
+def test_small_relative_change_is_stabilization() -> None:
+    x = np.linspace(1000, 1010, 3000) + np.random.default_rng(2).normal(0, 0.1, 3000)  # 1 % change
+    assert [p.kind for p in label_phases(x)] == ["stabilization"]
+    assert [p.kind for p in label_phases(x, min_change=0.005)] == ["expansion"]
+
+
+def test_phases_of_short_constant_and_empty_series() -> None:
+    assert label_phases([]) == []
+    assert label_phases([1.0, 2.0, 3.0]) == [Phase(0, 3, "stabilization")]
+    assert [(p.start, p.stop, p.kind) for p in label_phases(np.full(400, 7.0))] == [(0, 400, "stabilization")]
+    with pytest.warns(RuntimeWarning, match="skipped 10 non-finite"):
+        assert label_phases([np.nan] * 10) == [Phase(0, 10, "stabilization")]
+
+
+def test_phase_boundaries_keep_original_positions_with_nans() -> None:
+    x, _ = trajectory(1000)
+    x[:50] = np.nan
+    with pytest.warns(RuntimeWarning, match="skipped 50 non-finite"):
+        phases = label_phases(x)
+    assert phases[0].start == 0 and phases[-1].stop == 1000
+    assert abs(phases[1].start - 100) <= 10
+
+
+@pytest.mark.parametrize(
+    "options, match",
+    [
+        ({"min_change": -0.1}, r"min_change must be a number in \[0.0, inf\], got -0.1"),
+        ({"trend_threshold": 200}, r"trend_threshold must be a number in \[0.0, 100.0\], got 200"),
+        ({"min_length": 1}, r"min_length must be an integer in \[2, 1048576\], got 1"),
+        ({"max_points": 8}, r"max_points must be an integer in \[16, 65536\], got 8"),
+        ({"resolution": 2.0}, r"resolution must be a number in \[0.0, 1.0\], got 2.0"),
+    ],
+)
+def test_bad_phase_options_raise(options: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        label_phases(np.zeros(100), **options)
+    with pytest.raises(ValueError, match=match):
+        OnlineDetector(**options)
+
+
+# ----------------------------------------------------------------------------- online
+
+
+def run_online(x: np.ndarray, **options: float) -> tuple[OnlineDetector, list, list[int]]:
+    """Feed ``x`` to a new detector; return it, all events and the update count at each event."""
+    detector = OnlineDetector(**options)
+    events, seen_at = [], []
+    for count, value in enumerate(x, start=1):
+        new = detector.update(value)
+        events += new
+        seen_at += [count] * len(new)
+    final = detector.finish()
+    return detector, events + final, seen_at + [len(x)] * len(final)
+
+
+def test_online_jumps_equal_offline_jumps() -> None:
+    rng = np.random.default_rng(10)
+    x = steps(9000, [1500, 4000, 4100, 7000], [8.0, -6.0, 9.0, 12.0], 3) + ar1(9000, 0.3, rng)
+    x[rng.random(9000) < 0.01] = np.nan
+    detector, events, seen_at = run_online(x)
+    online = [e for e in events if isinstance(e, Jump)]
+    assert online == quiet_jumps(x)
+    assert np.allclose([j.index for j in online], [1501, 4001, 4101, 7001], atol=2)
+    lags = [at - e.index for e, at in zip(events, seen_at) if isinstance(e, Jump) and at < len(x)]
+    assert lags and max(lags) <= detector.lag * 1.05  # a few skipped non-finite values on top
+
+
+def test_online_phases_agree_with_offline() -> None:
+    x, _ = trajectory(8000, seed=3)
+    detector, events, _ = run_online(x)
+    offline = label_phases(x)
+    assert detector.phases() == offline
+    changes = [e for e in events if isinstance(e, PhaseChange)]
+    assert [e.kind for e in changes] == [p.kind for p in offline]
+    assert all(abs(e.index - p.start) <= 80 for e, p in zip(changes, offline))
+    assert [e.previous for e in changes] == [None] + [p.kind for p in offline[:-1]]
+
+
+def test_online_memory_is_bounded() -> None:
+    detector = OnlineDetector()
+    rng = np.random.default_rng(11)
+    sizes = []
+    for block in range(3):
+        for value in rng.normal(size=10000) + block:
+            detector.update(value)
+        sizes.append(detector.memory)
+    bound = 2 * detector.horizon + 2 * detector.stride + 2 * 512
+    assert max(sizes) <= bound
+    assert sizes[2] <= sizes[0] + 128
+
+
+def test_online_finish_is_final() -> None:
+    detector = OnlineDetector()
+    detector.update(1.0)
+    assert detector.finish() == [PhaseChange(0, "stabilization")]
+    assert detector.finish() == []
+    with pytest.raises(RuntimeError, match="after finish"):
+        detector.update(2.0)
+
+
+def test_online_counts_skipped_values() -> None:
+    detector = OnlineDetector()
+    for value in [1.0, math.nan, 2.0, math.inf]:
+        detector.update(value)
+    detector.finish()
+    assert detector.skipped == 2
+
+
+def test_online_phase_lag_and_stride_are_checked() -> None:
+    with pytest.raises(ValueError, match=r"phase_lag must be an integer in \[0, 2147483648\], got -1"):
+        OnlineDetector(phase_lag=-1)
+    with pytest.raises(ValueError, match=r"stride must be an integer in \[1, 1048576\], got 0"):
+        OnlineDetector(stride=0)
+
+
+@pytest.mark.parametrize("stride", [97, 1500])
+def test_online_result_does_not_depend_on_stride(stride: int) -> None:
+    x = steps(5000, [1200, 1260, 3000], [7.0, 7.0, -9.0]) + np.random.default_rng(12).normal(size=5000)
+    detector, events, _ = run_online(x, stride=stride)
+    assert [e for e in events if isinstance(e, Jump)] == find_jumps(x)
+    assert detector.phases() == label_phases(x)
+
+
+@pytest.mark.parametrize("n", [1, 7, 513, 1024, 1025, 5000])
+def test_block_accumulator_matches_offline_blocks_bit_for_bit(n: int) -> None:
+    values = np.random.default_rng(n).normal(size=n) * 1e3
+    blocks = _BlockAccumulator(64)
+    for position, value in enumerate(values):
+        blocks.push(float(value), position)
+    sums, counts, starts = blocks.arrays()
+    expected_sums, expected_counts = _block_sums(values, 64)
+    assert np.array_equal(sums, expected_sums) and np.array_equal(counts, expected_counts)
+    assert np.array_equal(starts, np.arange(0, n, int(counts[0])))
