@@ -194,3 +194,106 @@ def test_property_exact_matches_oracle_on_random_shapes(rows, cols, rank, dtype,
     sr, pr, er, e90 = result[:4].tolist()
     assert 1 - 1e-6 <= sr <= pr + 1e-6 <= rank + 1e-3  # 1 <= stable rank <= participation ratio <= rank
     assert 1 <= e90 <= rank
+
+
+@pytest.mark.parametrize("rows", [1, 10, 191, 192, 385, 800])
+def test_symmetric_product_equals_the_plain_product(rows):
+    a = torch.randn(rows, 37, dtype=torch.float64, generator=torch.Generator().manual_seed(rows))
+    torch.testing.assert_close(spectra.symmetric_product(a), a @ a.T, rtol=1e-12, atol=1e-12)
+
+
+def test_gram_matrix_takes_the_smaller_side():
+    x = torch.randn(30, 50)
+    gram, row_side = spectra.gram_matrix(x)
+    assert gram.shape == (30, 30) and row_side
+    gram, row_side = spectra.gram_matrix(x.T)
+    assert gram.shape == (30, 30) and not row_side
+
+
+@pytest.mark.parametrize("cols", [1, 2, 5])
+def test_randomized_on_fewer_features_than_lanczos_steps(cols):
+    x = planted(40, cols, torch.linspace(1, 2, cols, dtype=torch.float64))
+    result = measure(x, estimator="randomized", metrics=MOMENTS)
+    assert_close_to_oracle(result.tolist(), oracle(x), MOMENTS)
+
+
+def test_randomized_flags_nonfinite_without_raising():
+    bad = planted(120, 150, spectrum("power", 120))
+    bad[7, 9] = math.inf
+    state = StreamingSpectrum()
+    table, used = measure_many([Job(bad, "randomized", MOMENTS, state)])
+    assert table[0][5] == 0.0 and used == ["exact"]  # flagged, and redone exactly
+    good = planted(120, 150, spectrum("power", 120))
+    table, used = measure_many([Job(good, "randomized", MOMENTS, state)])  # the stream recovers
+    assert_close_to_oracle(table[0], oracle(good), MOMENTS)
+    assert used == ["randomized"]
+
+
+def test_warm_stable_rank_never_undershoots_the_oracle():
+    """θ₁ ≤ λ₁ for a Ritz value, so stable rank = Σλ/θ₁ is never below the truth (no ghosts)."""
+    mixing = planted(300, 300, spectrum("spiked", 300), seed=2)
+    state, g = StreamingSpectrum(), torch.Generator().manual_seed(5)
+    for _ in range(25):
+        x = torch.randn(200, 300, generator=g) @ mixing
+        table, used = measure_many([Job(x, "randomized", MOMENTS, state)])
+        if used[0] == "randomized":
+            assert table[0][0] >= oracle(x)[0] * (1 - 1e-5)
+    assert state.depth <= 4  # a warm, well-separated stream needs few Lanczos steps
+
+
+def test_flat_stream_settles_with_few_misses():
+    """A white stream (new top direction every batch) deepens once, then rarely misses."""
+    state, g = StreamingSpectrum(), torch.Generator().manual_seed(6)
+    for _ in range(40):
+        x = torch.randn(200, 260, generator=g)
+        table, _ = measure_many([Job(x - x.mean(0), "randomized", MOMENTS, state)])
+        assert_close_to_oracle(table[0], oracle(x - x.mean(0)), MOMENTS)
+    assert state.fallbacks <= 4 and state.depth <= spectra.MAX_DEPTH
+
+
+@pytest.mark.parametrize("kind", ["flat", "power", "deficient", "spiked"])
+def test_exact_with_moment_metrics_only_matches_oracle(kind):
+    """Without a full-spectrum metric the exact route reads only λ₁ off the spectrum."""
+    x = planted(150, 220, spectrum(kind, 150))
+    for metrics in (MOMENTS, frozenset({"stable_rank"}), frozenset({"participation_ratio"})):
+        assert_close_to_oracle(measure(x, estimator="exact", metrics=metrics).tolist(), oracle(x), metrics)
+
+
+def test_streams_measured_together_match_streams_measured_alone():
+    """Jobs whose Grams share a size run one batched Lanczos iteration; results do not change."""
+    shapes = [(200, 300), (300, 200), (200, 200), (150, 600)]
+    matrices = [planted(r, c, spectrum("power", min(r, c)), seed=i) for i, (r, c) in enumerate(shapes)]
+    together, _ = measure_many([Job(x, "randomized", MOMENTS, StreamingSpectrum()) for x in matrices])
+    for x, row in zip(matrices, together):
+        alone, _ = measure_many([Job(x, "randomized", MOMENTS, StreamingSpectrum())])
+        torch.testing.assert_close(torch.tensor(row[:2]), torch.tensor(alone[0][:2]), rtol=1e-6, atol=0)
+        assert_close_to_oracle(row, oracle(x), MOMENTS)
+
+
+def test_capped_channel_rows_are_the_rows_of_the_full_layout():
+    """Picking conv positions before copying gives the rows (and order) of flatten-then-subsample."""
+    conv = torch.randn(6, 5, 7, 9)
+    full = conv.flatten(2).transpose(1, 2).flatten(0, 1)
+    for max_rows in (None, 50, 377, 1000):
+        got = spectra.activation_matrix(
+            conv, channels_first=True, max_rows=max_rows, center=False,
+            generator=torch.Generator().manual_seed(3),
+        )  # fmt: skip
+        expected = spectra.subsample_rows(full, max_rows, torch.Generator().manual_seed(3))
+        assert torch.equal(got, expected)
+
+
+@pytest.mark.parametrize("rows", [1, 6, 7, 255])
+def test_centring_makes_constant_columns_exactly_zero(rows):
+    constant = torch.randn(1, 5).expand(rows, 5)
+    assert torch.equal(spectra.activation_matrix(constant), torch.zeros(rows, 5))
+
+
+def test_centring_does_not_overflow_near_the_float32_limit():
+    huge = torch.randn(64, 8, generator=torch.Generator().manual_seed(0)) * 1e37 + 1e37
+    assert torch.isfinite(spectra.activation_matrix(huge)).all()
+    beyond = torch.randn(4, 8, dtype=torch.float64) * 1e300  # scaled before the float32 cast
+    matrix = spectra.activation_matrix(beyond)
+    assert torch.isfinite(matrix).all()
+    expected = oracle((beyond - beyond.mean(0)) / 1e300)  # the oracle's squares would overflow
+    assert_close_to_oracle(measure(matrix, estimator="exact").tolist(), expected)
