@@ -1,8 +1,9 @@
 """Which modules a Tracker watches, and what it measures of each: output tensor and weight.
 
 Layer selection (``layers=``), the default choice of modules, the cap with even spacing over depth,
-the weight matrix of each module type, and the tensor to measure in tuple, dict, dataclass and
-``PackedSequence`` outputs.
+the weight matrix of each module type (looked up at each sample: tied, replaced, parametrized and
+lazy weights included), the tensor to measure in tuple, dict, dataclass, ``PackedSequence`` and
+other outputs, and how to see through a ``torch.compile`` wrapper.
 """
 
 from __future__ import annotations
@@ -31,23 +32,37 @@ _NEVER_BY_DEFAULT = (nn.Embedding, nn.EmbeddingBag)
 
 @dataclass
 class TrackedLayer:
-    """One tracked module, its weight, and its per-space streaming state.
+    """One tracked module, its per-space streaming state and the capture of the current sample.
 
     Attributes:
         name: Module name as in ``model.named_modules()``.
         module: The module.
-        weight: The parameter measured as the weight space (see :func:`layer_weight`), or None.
         channels_first: Whether the module's outputs hold channels in dim 1 (convolutions).
         streams: Warm-start state per space.
         capture: The activation matrix captured on the current sampled step, if any.
+        captured_in_training: Whether ``capture`` comes from a training forward (an eval-mode
+            capture, taken with ``track_eval``, gives way to a later training forward).
     """
 
     name: str
     module: nn.Module
-    weight: torch.Tensor | None
     channels_first: bool
     streams: dict[str, StreamingSpectrum] = field(default_factory=dict)
     capture: torch.Tensor | None = None
+    captured_in_training: bool = False
+
+    @property
+    def weight(self) -> torch.Tensor | None:
+        """The parameter measured as the weight space (see :func:`layer_weight`), or None.
+
+        Looked up on every call, so a parameter replaced after the Tracker was built (weights tied
+        later, ``model.to(...)`` with swapped tensors) is the one measured.
+        """
+        return layer_weight(self.module)
+
+    def clear(self) -> None:
+        """Drop the capture of the current sample."""
+        self.capture, self.captured_in_training = None, False
 
     def info(self) -> dict[str, Any]:
         """Name, type and weight shape, for the run's metadata."""
@@ -63,10 +78,13 @@ def select_layers(
 ) -> list[TrackedLayer]:
     """Resolve a ``layers=`` specification to tracked layers, in model order.
 
+    The model itself counts too (named ``""``, as in ``named_modules()``), so a bare
+    ``nn.Linear`` or ``nn.LSTM`` can be tracked; glob patterns never match it.
+
     Raises:
         ValueError: If an entry matches no module, or nothing trackable is found.
     """
-    named = [(name, module) for name, module in model.named_modules() if name]
+    named = list(model.named_modules())
     if spec is None:
         chosen = _default_layers(named)
         chosen = evenly_spaced(chosen, max_layers) if max_layers else chosen
@@ -91,9 +109,13 @@ def evenly_spaced(items: list, count: int) -> list:
 
 
 def _default_layers(named: list[tuple[str, nn.Module]]) -> list[tuple[str, nn.Module]]:
-    attention = [name for name, m in named if isinstance(m, nn.MultiheadAttention)]
-    inside_attention = lambda name: any(name.startswith(a + ".") for a in attention)  # noqa: E731
-    return [(n, m) for n, m in named if _is_layer(m) and not inside_attention(n)]
+    inside = [f"{name}." if name else "" for name, m in named if isinstance(m, nn.MultiheadAttention)]
+    return [(n, m) for n, m in named if _is_layer(m) and not _starts_with_any(n, inside)]
+
+
+def _starts_with_any(name: str, prefixes: list[str]) -> bool:
+    """Whether ``name`` lies inside a module named by one of ``prefixes`` (``""``: the root)."""
+    return any(name.startswith(prefix) and name != prefix.rstrip(".") for prefix in prefixes)
 
 
 def _is_layer(module: nn.Module) -> bool:
@@ -101,9 +123,9 @@ def _is_layer(module: nn.Module) -> bool:
         return False
     if isinstance(module, _LAYER_TYPES):
         return True
-    weight = getattr(module, "weight", None)
+    weight = _materialized(getattr(module, "weight", None))
     has_children = next(module.children(), None) is not None
-    return isinstance(weight, torch.Tensor) and weight.dim() >= 2 and not has_children
+    return weight is not None and weight.dim() >= 2 and not has_children
 
 
 def _match_layers(model: nn.Module, named, spec) -> list[tuple[str, nn.Module]]:
@@ -122,7 +144,7 @@ def _match_layers(model: nn.Module, named, spec) -> list[tuple[str, nn.Module]]:
 
 def _matches(entry: LayerSpec, name: str, module: nn.Module) -> bool:
     if isinstance(entry, str):
-        return name == entry or fnmatch.fnmatchcase(name, entry)
+        return name == entry or (name != "" and fnmatch.fnmatchcase(name, entry))
     if isinstance(entry, type):
         return isinstance(module, entry)
     if isinstance(entry, nn.Module):
@@ -136,7 +158,7 @@ def _no_match_message(entry: LayerSpec, model: nn.Module, named) -> str:
     shown = entry.__name__ if isinstance(entry, type) else entry
     if isinstance(entry, nn.Module):
         shown = f"a {type(entry).__name__} module"
-    names = [n for n, _ in named][:8]
+    names = [n for n, _ in named if n][:8]
     return (
         f"layers entry {shown!r} matched no module of {type(model).__name__}; module names start "
         f"with: {names}"
@@ -144,7 +166,7 @@ def _no_match_message(entry: LayerSpec, model: nn.Module, named) -> str:
 
 
 def _make_layer(name: str, module: nn.Module) -> TrackedLayer:
-    return TrackedLayer(name, module, layer_weight(module), isinstance(module, _CHANNELS_FIRST))
+    return TrackedLayer(name, module, isinstance(module, _CHANNELS_FIRST))
 
 
 def layer_weight(module: nn.Module) -> torch.Tensor | None:
@@ -152,15 +174,25 @@ def layer_weight(module: nn.Module) -> torch.Tensor | None:
 
     ``weight`` where present; for attention, the input projection (``in_proj_weight``, or
     ``q_proj_weight`` when q, k and v have separate projections); for RNN/LSTM/GRU, the last
-    layer's hidden-to-hidden weight ``weight_hh_l{N-1}`` (the recurrent dynamics).
+    layer's hidden-to-hidden weight ``weight_hh_l{N-1}`` (the recurrent dynamics). None too for a
+    lazy module's weight before its first forward.
     """
     if isinstance(module, nn.MultiheadAttention):
         weight = module.in_proj_weight
-        return weight if weight is not None else module.q_proj_weight
-    if isinstance(module, nn.RNNBase):
-        return getattr(module, f"weight_hh_l{module.num_layers - 1}")
-    weight = getattr(module, "weight", None)
-    return weight if isinstance(weight, torch.Tensor) and weight.dim() >= 1 else None
+        weight = weight if weight is not None else module.q_proj_weight
+    elif isinstance(module, nn.RNNBase):
+        weight = getattr(module, f"weight_hh_l{module.num_layers - 1}")
+    else:
+        weight = getattr(module, "weight", None)
+    weight = _materialized(weight)
+    return weight if weight is not None and weight.dim() >= 1 else None
+
+
+def _materialized(weight: Any) -> torch.Tensor | None:
+    """``weight`` if it is a tensor with data (not a lazy module's placeholder), else None."""
+    if not isinstance(weight, torch.Tensor) or nn.parameter.is_lazy(weight):
+        return None
+    return weight
 
 
 # ------------------------------------------------------------------------------ outputs
@@ -171,7 +203,8 @@ def first_tensor(output: Any, key: str | None = None) -> torch.Tensor | None:
 
     A tensor as is; a ``PackedSequence``'s data; the first tensor of a tuple or list (an LSTM's
     ``(output, (h, c))`` gives ``output``); for a mapping (Hugging Face outputs included), the
-    value under ``key``, else the first tensor value; for a dataclass, its first tensor field.
+    value under ``key``, else the first tensor value; for a dataclass, its field ``key``, else its
+    first tensor field; for any other object, its attribute ``key``. None when nothing matches.
     """
     if isinstance(output, torch.Tensor):
         return output
@@ -183,6 +216,8 @@ def first_tensor(output: Any, key: str | None = None) -> torch.Tensor | None:
         return _first_of(output.values())
     if isinstance(output, (tuple, list)):
         return _first_of(output)
+    if key is not None and hasattr(output, key):
+        return first_tensor(getattr(output, key))
     if dataclasses.is_dataclass(output) and not isinstance(output, type):
         return _first_of(getattr(output, f.name) for f in dataclasses.fields(output))
     return None
@@ -194,3 +229,24 @@ def _first_of(items: Iterable[Any]) -> torch.Tensor | None:
         if found is not None:
             return found
     return None
+
+
+# ------------------------------------------------------------------------------ compiled models
+
+
+def uncompiled(model: nn.Module) -> nn.Module:
+    """The module a ``torch.compile(model)`` wrapper holds, or ``model`` itself.
+
+    Layer names then read as in the user's own model (no ``_orig_mod.`` prefix); the hooks go on
+    the same module objects either way.
+    """
+    inner = getattr(model, "_orig_mod", None)
+    return inner if type(model).__name__ == "OptimizedModule" and isinstance(inner, nn.Module) else model
+
+
+def is_compiled(model: nn.Module) -> bool:
+    """Whether ``model`` or one of its submodules went through ``torch.compile`` / ``Module.compile``."""
+    return any(
+        type(module).__name__ == "OptimizedModule" or getattr(module, "_compiled_call_impl", None) is not None
+        for module in model.modules()
+    )

@@ -81,3 +81,31 @@ def test_first_tensor_of_each_output_kind():
 def test_bad_layer_entry_type():
     with pytest.raises(TypeError, match="layers entries must be names, glob patterns"):
         select_layers(mlp(), [3.5])
+
+
+def test_a_model_that_is_itself_one_layer_is_tracked_under_the_empty_name():
+    assert names(nn.Linear(3, 4)) == [""]
+    assert names(nn.LSTM(3, 4)) == [""]
+    assert names(nn.MultiheadAttention(8, 2)) == [""]  # its out_proj lies inside it
+    assert names(nn.Linear(3, 4), nn.Linear) == [""]
+    assert names(mlp(), "*") == ["0", "1", "2", "3", "4"]  # a glob never matches the model itself
+    with pytest.raises(ValueError, match=r"module names start with: \['0', '1'"):
+        select_layers(mlp(), "nope")
+
+
+def test_weight_is_looked_up_when_measured():
+    model = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 3))
+    [layer] = select_layers(model, "1")
+    model[1].weight = nn.Parameter(torch.zeros(3, 4))
+    assert layer.weight is model[1].weight
+
+
+def test_output_key_names_an_attribute_of_any_object():
+    class Out:
+        def __init__(self, t):
+            self.logits, self.other = t, torch.zeros(1)
+
+    t = torch.ones(2)
+    assert first_tensor(Out(t), key="logits") is t
+    assert first_tensor(Out(t)) is None
+    assert first_tensor({"x": Out(t)}, key="logits") is None  # the key applies at the top level only
