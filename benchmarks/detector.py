@@ -12,9 +12,11 @@ same battery, side by side:
 
 It prints recall, extra detections per true jump, false positives per 1000 samples per null kind,
 the peer's own harness (``ndt.validity.validate_detector``) run on ``find_jumps``, the phase-label
-accuracy of ``label_phases`` on piecewise trajectories, and timings on 100 000 samples.
+accuracy of ``label_phases`` on piecewise trajectories, timings on 100 000 and 200 000 samples,
+and the time of a batch of 100 long-run series of 200 000 samples (what a report of 1 000 000 steps
+at every=5 over 50 layers and 2 spaces analyses; 20 with ``--quick``).
 
-Run: ``python benchmarks/detector.py`` (about two minutes on two cores) or ``--quick``.
+Run: ``python benchmarks/detector.py`` (about three minutes on two cores) or ``--quick``.
 """
 
 from __future__ import annotations
@@ -308,15 +310,46 @@ def timings() -> list[str]:
     """Rows: median seconds of find_jumps and label_phases on 100 000 and 200 000 samples."""
     rows = []
     for n in (100_000, 200_000):
-        values, _ = phase_series("seed", n, 0)
         for name, fn in (("find_jumps", find_jumps), ("label_phases", label_phases)):
             runs = []
-            for _ in range(3):
+            for seed in range(3):  # other values each run: the last clipped series is reused
+                values, _ = phase_series("seed", n, seed)
                 start = time.perf_counter()
                 fn(values)
                 runs.append(time.perf_counter() - start)
             rows.append(f"{name:<14} n={n:>7}: {np.median(runs):.3f} s (median of 3)")
     return rows
+
+
+def long_run_series(n: int, seed: int) -> np.ndarray:
+    """A metric of a long run, in noise-sd units before a random affine map: a collapse, a slow
+    drift, three shifts of 3 to 10 sd, spikes, and Gaussian or Student t3 noise."""
+    rng = np.random.default_rng(seed)
+    i = np.arange(n, dtype=float)
+    values = 50 * np.exp(-i / (n * rng.uniform(0.02, 0.3))) + rng.uniform(-20, 20) * i / n
+    where, signs = np.sort(rng.integers(n // 10, n - n // 10, 3)), rng.choice([-1, 1], 3)
+    values += steps(n, where, signs * rng.uniform(3, 10, 3), 0)
+    values += noise("student-t3" if seed % 3 == 0 else "gaussian", n, rng) + spikes(n, rng)
+    return affine(values, rng)
+
+
+def batch_timing(count: int, n: int = 200_000) -> list[str]:
+    """Rows: total seconds of label_phases then find_jumps (as a report calls them) on ``count``
+    long-run series of ``n`` samples, one process; a report of 1 000 000 steps at every=5 over 50
+    layers and 2 spaces has 100 such series."""
+    batch = [long_run_series(n, seed) for seed in range(count)]
+    label_phases(batch[0][:5000]), find_jumps(batch[0][:5000])  # first-call caches, as a report has
+    phases = jumps = 0
+    wall, cpu = time.perf_counter(), time.process_time()
+    for values in batch:
+        phases += len(label_phases(values))
+        jumps += len(find_jumps(values))
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    return [
+        f"batch of {count} series x {n} samples (label_phases + find_jumps): {wall:.2f} s wall, "
+        f"{cpu:.2f} s CPU, {1000 * cpu / count:.0f} ms CPU per series; per series "
+        f"{phases / count:.1f} phases, {jumps / count:.1f} jumps (3 planted)"
+    ]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -342,7 +375,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     worst_phase = min(float(row.split()[2]) for row in rows[2:])
     print(f"lowest mean phase accuracy {worst_phase:.3f}, target >= {TARGET_PHASES}\n")
     print("\n".join(phase_nulls(seeds)) + "\n")
-    print("\n".join(timings()))
+    print("\n".join(timings() + batch_timing(20 if args.quick else 100)))
     met = recall >= TARGET_RECALL and extra <= TARGET_EXTRA and worst <= TARGET_FP
     met = met and report.valid and fp_fixtures == 0 and worst_phase >= TARGET_PHASES
     print(f"\nALL TARGETS {'MET' if met else 'NOT MET'}")

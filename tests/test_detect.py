@@ -7,23 +7,25 @@ numbers. The rates over many seeds are measured in ``benchmarks/detector.py``.
 
 from __future__ import annotations
 
+import doctest
 import math
 import warnings
 
 import numpy as np
 import pytest
 
+from ndtracker import detect, jumps, online, phases
 from ndtracker.detect import (
     Jump,
     OnlineDetector,
     Phase,
     PhaseChange,
-    _block_sums,
-    _BlockAccumulator,
     find_anomalies,
     find_jumps,
     label_phases,
 )
+from ndtracker.online import _BlockAccumulator
+from ndtracker.phases import _block_sums
 
 # ----------------------------------------------------------------------------- generators
 
@@ -214,6 +216,31 @@ def test_bad_jump_options_raise(options: dict, match: str) -> None:
         OnlineDetector(**options)
 
 
+def test_all_non_finite_series_has_no_jump_and_says_so() -> None:
+    with pytest.warns(RuntimeWarning, match="find_jumps: skipped 50 non-finite value"):
+        assert find_jumps([np.nan] * 40 + [np.inf] * 10) == []
+
+
+def test_anomalies_of_bad_and_degenerate_input() -> None:
+    assert find_anomalies([]) == []
+    assert find_anomalies([1.0, 50.0, 2.0]) == []  # fewer than five values
+    assert find_anomalies(np.full(300, 2.0)) == []  # constant: no scale, no outlier
+    x = np.random.default_rng(13).normal(size=500)
+    x[[10, 300]], x[200] = np.nan, 30.0
+    with pytest.warns(RuntimeWarning, match="find_anomalies: skipped 2 non-finite value"):
+        assert find_anomalies(x) == [200]  # a position in the input, NaNs counted
+    with pytest.raises(ValueError, match=r"find_anomalies: values must be 1-D, got shape \(2, 3\)"):
+        find_anomalies(np.zeros((2, 3)))
+
+
+def test_constant_series_with_gaps_is_one_stabilization_phase() -> None:
+    x = np.full(1000, 4.0)
+    x[[0, 500, 999]] = np.nan
+    with pytest.warns(RuntimeWarning, match="skipped 3 non-finite"):
+        phases = label_phases(x)
+    assert [(p.start, p.stop, p.kind, p.change) for p in phases] == [(0, 1000, "stabilization", 0.0)]
+
+
 # ----------------------------------------------------------------------------- phases
 
 
@@ -384,6 +411,28 @@ def test_online_result_does_not_depend_on_stride(stride: int) -> None:
     assert detector.phases() == label_phases(x)
 
 
+@pytest.mark.parametrize(
+    "values",
+    [[], [3.0], [np.nan] * 10, [1.0, 2.0, np.inf], list(np.full(3000, 7.0)), list(np.arange(2000.0))],
+    ids=["empty", "one", "all-nan", "short", "constant", "ramp"],
+)
+def test_online_equals_offline_on_degenerate_series(values: list[float]) -> None:
+    detector, events, _ = run_online(np.array(values))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        assert [e for e in events if isinstance(e, Jump)] == find_jumps(values) == []
+        assert detector.phases() == label_phases(values)
+    assert [e.kind for e in events if isinstance(e, PhaseChange)] == [p.kind for p in detector.phases()]
+
+
+@pytest.mark.parametrize("value", ["1.0", None, [1.0], np.zeros(2), 1j])
+def test_online_rejects_what_is_not_a_number(value: object) -> None:
+    detector = OnlineDetector()
+    with pytest.raises(TypeError, match="OnlineDetector.update: value must be a real number, got"):
+        detector.update(value)  # type: ignore[arg-type]
+    assert detector.update(np.float32(1.5)) == [] and detector.update(np.array(2.0)) == []
+
+
 @pytest.mark.parametrize("n", [1, 7, 513, 1024, 1025, 5000])
 def test_block_accumulator_matches_offline_blocks_bit_for_bit(n: int) -> None:
     values = np.random.default_rng(n).normal(size=n) * 1e3
@@ -394,3 +443,9 @@ def test_block_accumulator_matches_offline_blocks_bit_for_bit(n: int) -> None:
     expected_sums, expected_counts = _block_sums(values, 64)
     assert np.array_equal(sums, expected_sums) and np.array_equal(counts, expected_counts)
     assert np.array_equal(starts, np.arange(0, n, int(counts[0])))
+
+
+@pytest.mark.parametrize("module", [detect, jumps, phases, online], ids=lambda m: m.__name__)
+def test_docstring_examples_run(module: object) -> None:
+    result = doctest.testmod(module, raise_on_error=False)  # type: ignore[arg-type]
+    assert result.attempted > 0 and result.failed == 0

@@ -1,0 +1,222 @@
+"""Robust statistics shared by jump detection and phase labelling, and their input checks.
+
+Noise is estimated from medians, so that jumps, outliers and heavy tails do not inflate it: the
+robust sd (MAD) of each block of ``_BLOCK`` samples, the median of the block values over a
+context of blocks around each position, a running median to clip outliers against, and an AR(1)
+noise model (sd and lag-1 autocorrelation) fitted to robust variances of second differences.
+Blocks are aligned at sample 0, so a computation on a block-aligned part of a series gives the
+same numbers there as on the whole (what lets :mod:`ndtracker.online` agree with the offline
+functions).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+from numpy.typing import ArrayLike
+
+_BLOCK = 64  # samples per noise-estimation block; contexts are whole blocks, aligned at sample 0
+_CLIP = 3.0  # residuals from the running median are clipped at this many robust sd
+_MAX_PHI = 0.9  # lag-1 autocorrelation is estimated in [0, _MAX_PHI]
+_PHI_GRID = np.linspace(0.0, _MAX_PHI, 91)
+_LAGS = np.array([1, 2, 4, 8, 16])  # lags of the variogram fitted by the AR(1) noise model
+_MAD = 1.4826  # MAD -> sd for Gaussian data
+_MEAN_AD = 1.2533  # mean absolute deviation -> sd for Gaussian data
+
+
+def _check(name: str, value: object, low: float, high: float = math.inf, *, integer: bool = False) -> None:
+    """Raise ValueError unless ``value`` is a number (an integer if asked) in ``[low, high]``."""
+    kind = "an integer" if integer else "a number"
+    ok_type = isinstance(value, (int, np.integer)) if integer else isinstance(value, (int, float, np.number))
+    if isinstance(value, bool) or not ok_type or not low <= value <= high:  # type: ignore[operator]
+        raise ValueError(f"{name} must be {kind} in [{low}, {high}], got {value!r}")
+
+
+def _prepare(values: ArrayLike, caller: str) -> tuple[np.ndarray, np.ndarray, int]:
+    """Return the finite values, their positions and the input length; warn about skipped ones."""
+    try:
+        array = np.asarray(values, dtype=float)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{caller}: values must be a 1-D sequence of numbers ({error})") from None
+    if array.ndim != 1:
+        raise ValueError(f"{caller}: values must be 1-D, got shape {array.shape}")
+    positions = np.flatnonzero(np.isfinite(array))
+    if positions.size < array.size:
+        skipped = array.size - positions.size
+        warnings.warn(
+            f"{caller}: skipped {skipped} non-finite value(s) of {array.size}", RuntimeWarning, stacklevel=3
+        )
+    return array[positions], positions, array.size
+
+
+def _row_median(rows: np.ndarray) -> np.ndarray:
+    """Median of each row of a 2-D array (as :func:`numpy.median`, by partial sorting)."""
+    half, odd = divmod(rows.shape[1], 2)
+    if odd:
+        return np.partition(rows, half, axis=1)[:, half]
+    middle = np.partition(rows, (half - 1, half), axis=1)[:, half - 1 : half + 1]
+    return (middle[:, 0] + middle[:, 1]) / 2
+
+
+def _middle_distances(ordered: np.ndarray, centre: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k``-th and ``(k + 1)``-th smallest ``|ordered[i, j] - centre[i]|`` of each row, rows
+    sorted ascending (the second is inf if a row has only k values).
+
+    The ``k`` values nearest a point are ``k`` consecutive ones of a sorted row, so the ``k``-th
+    smallest distance is the smallest, over such runs, of the distance to the farther end.
+    """
+    width = ordered.shape[1] - k + 1
+    below, above = centre[:, None] - ordered[:, :width], ordered[:, k - 1 :] - centre[:, None]
+    kth = np.maximum(below, above).min(axis=1)
+    return kth, np.maximum(below[:, :-1], above[:, 1:]).min(axis=1, initial=np.inf)
+
+
+def _robust_sd(rows: np.ndarray) -> np.ndarray:
+    """Robust sd of each row: MAD about the median, or the mean absolute deviation if the MAD is 0."""
+    ordered = np.sort(rows, axis=1)  # sorting short rows is faster than partitioning them
+    half, odd = divmod(rows.shape[1], 2)
+    if odd:
+        median = ordered[:, half]
+        mad = _middle_distances(ordered, median, half + 1)[0]
+    else:
+        median = (ordered[:, half - 1] + ordered[:, half]) / 2
+        mad = np.add(*_middle_distances(ordered, median, half)) / 2
+    zero = np.flatnonzero(mad == 0)
+    mad = _MAD * mad
+    mad[zero] = _MEAN_AD * np.abs(rows[zero] - median[zero, None]).mean(axis=1)
+    return mad
+
+
+def _block_sd(v: np.ndarray) -> np.ndarray:
+    """Robust sd of ``v`` in each block of ``_BLOCK`` samples; a last block of fewer than half as
+    many is pooled with the one before it (both get the pooled value)."""
+    full, tail = divmod(v.size, _BLOCK)
+    sds = _robust_sd(v[: full * _BLOCK].reshape(full, _BLOCK))
+    if tail and (tail >= _BLOCK // 2 or not full):
+        return np.append(sds, _robust_sd(v[None, full * _BLOCK :]))
+    if tail:
+        sds[-1:] = _robust_sd(v[None, (full - 1) * _BLOCK :])
+        return np.append(sds, sds[-1])
+    return sds
+
+
+def _context_sd(v: np.ndarray, half_blocks: int, n_blocks: int) -> np.ndarray:
+    """Robust sd of ``v`` around each of ``n_blocks`` blocks: the median of the block sds within
+    ``half_blocks`` blocks on each side (the context shifts inward at the ends of ``v``).
+
+    Entry ``i`` of ``v`` belongs to block ``i // _BLOCK``.
+    """
+    per_block = _block_sd(v)
+    width = min(2 * half_blocks + 1, per_block.size)
+    lows = np.clip(np.arange(n_blocks) - half_blocks, 0, per_block.size - width)
+    return _row_median(sliding_window_view(per_block, width))[lows]
+
+
+def _running_median(y: np.ndarray, half: int) -> np.ndarray:
+    """Median of each sample and its ``half`` neighbours on each side.
+
+    Beyond the ends the series is padded with the median of its first (last) ``half + 1`` samples,
+    so an outlying end sample is not copied into the padding. Two neighbouring windows share
+    ``2 * half`` samples; the median of those plus one more value ``x`` is ``x`` clipped to their
+    two middle values, so one sort serves two windows.
+    """
+    ends = np.median(y[: half + 1]), np.median(y[-half - 1 :])
+    padded = np.concatenate([np.full(half, ends[0]), y, np.full(half + 1, ends[1])])
+    pairs = -(-y.size // 2)
+    shared = sliding_window_view(padded[1:], 2 * half)[: 2 * pairs : 2]
+    middle = np.sort(shared, axis=1)[:, half - 1 : half + 1]  # sorting is faster than partitioning
+    first = np.clip(padded[: 2 * pairs : 2], middle[:, 0], middle[:, 1])
+    second = np.clip(padded[2 * half + 1 :: 2][:pairs], middle[:, 0], middle[:, 1])
+    return np.stack([first, second], axis=1).ravel()[: y.size]
+
+
+def _local_scale(v: np.ndarray, half_blocks: int) -> np.ndarray:
+    """Robust sd of ``v`` over each sample's block context, one value per sample."""
+    return np.repeat(_context_sd(v, half_blocks, -(-v.size // _BLOCK)), _BLOCK)[: v.size]
+
+
+_last_clipped: list[tuple[np.ndarray, int, int, np.ndarray]] = []  # (y, options, result) of the last call
+
+
+def _clipped(y: np.ndarray, half_blocks: int, half: int) -> np.ndarray:
+    """Clip each sample to its running median (``half`` each side) +- ``_CLIP`` local robust sd.
+
+    Any excursion shorter than ``half + 1`` samples is pulled back to within ``_CLIP`` sd of the
+    running median, which follows steps and monotone stretches exactly. The last result is kept,
+    so jumps and phases of the same series (what a report asks for) clip it once.
+    """
+    for previous, *options, result in _last_clipped:
+        if options == [half_blocks, half] and np.array_equal(previous, y):
+            return result.copy()
+    if y.size < 2 * half + 1:
+        return y.copy()
+    median = _running_median(y, half)
+    scale = _local_scale(y - median, half_blocks)
+    result = np.clip(y, median - _CLIP * scale, median + _CLIP * scale)
+    _last_clipped[:] = [(y.copy(), half_blocks, half, result.copy())]
+    return result
+
+
+def _second_differences(y: np.ndarray, k: int) -> np.ndarray:
+    """``y[i + k] - 2 y[i] + y[i - k]``, entry ``i - k``: zero on any straight stretch."""
+    return y[2 * k :] - 2.0 * y[k:-k] + y[: -2 * k]
+
+
+def _ar1_fit(variances: np.ndarray, lags: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Fit the AR(1) model to the variances of second differences at ``lags`` (one row per context).
+
+    For noise with sd s and lag-1 autocorrelation phi, the second difference at lag k has variance
+    ``s^2 (6 - 8 phi^k + 2 phi^(2k))``. The fit is least squares on the logarithms, over ``phi`` on
+    ``_PHI_GRID``; returns (s, phi) per row; rows of zeros (a straight stretch) give ``s = 0``.
+    For each phi the best ``log s^2`` is the mean gap between the two curves, which leaves a
+    misfit of ``|shape - mean|^2 - 2 (logs - mean) . (shape - mean)`` plus a constant per row.
+    """
+    logs = np.log(np.maximum(variances, 1e-300))
+    shape = np.log(6.0 - 8.0 * _PHI_GRID[:, None] ** lags + 2.0 * _PHI_GRID[:, None] ** (2 * lags))
+    centred = shape - shape.mean(axis=1, keepdims=True)
+    deviations = logs - logs.mean(axis=1, keepdims=True)
+    products = sum(deviations[:, j, None] * centred[None, :, j] for j in range(lags.size))  # no BLAS threads
+    misfit = np.sum(centred**2, axis=1) - 2.0 * products
+    best = np.argmin(misfit, axis=1)
+    s2 = np.exp(logs.mean(axis=1) - shape.mean(axis=1)[best])
+    return np.where(variances[:, 0] > 0, np.sqrt(s2), 0.0), _PHI_GRID[best]
+
+
+def _local_noise(y: np.ndarray, half_blocks: int) -> tuple[np.ndarray, np.ndarray]:
+    """Estimate the AR(1) noise sd and lag-1 autocorrelation around each block of ``_BLOCK`` samples.
+
+    The variances of second differences at lags 1 to 16 (:func:`_ar1_fit`) are estimated by the
+    squared MAD over each block's context: medians make them insensitive to jumps and outliers, and
+    second differences to trends that are straight over ``2 k`` samples.
+    """
+    n_blocks = max(1, -(-y.size // _BLOCK))
+    lags = _LAGS[_LAGS <= y.size // 6]
+    if lags.size < 2:
+        return np.zeros(n_blocks), np.zeros(n_blocks)
+    variances = np.stack(
+        [_context_sd(_second_differences(y, k), half_blocks, n_blocks) ** 2 for k in lags], axis=1
+    )
+    sigma, phi = _ar1_fit(variances, lags)
+    sigma = np.maximum(sigma, 1e-12 * _rounding_scale(y, n_blocks))
+    return sigma, phi
+
+
+def _rounding_scale(y: np.ndarray, n_blocks: int) -> np.ndarray:
+    """Largest magnitude of ``y`` in each block and its two neighbours: noise below ``1e-12`` of it
+    is rounding, so that noise-free data do not give infinite significance."""
+    peak = np.abs(np.pad(y, (0, n_blocks * _BLOCK - y.size))).reshape(n_blocks, _BLOCK).max(axis=1)
+    return np.max(sliding_window_view(np.pad(peak, 1, mode="edge"), 3), axis=1)
+
+
+def _noise_variance(residuals: np.ndarray, lags: np.ndarray, floor: float) -> float:
+    """AR(1)-inflated noise variance ``s^2 (1 + phi) / (1 - phi)`` of a series of residuals (fitted
+    on second differences at ``lags``, as in :func:`_local_noise`), at least ``floor``."""
+    lags = lags[lags <= residuals.size // 6]
+    if lags.size < 2:
+        return floor
+    variances = np.array([[_robust_sd(_second_differences(residuals, k)[None])[0] ** 2 for k in lags]])
+    sigma, phi = _ar1_fit(variances, lags)
+    return max(float(sigma[0] ** 2 * (1 + phi[0]) / (1 - phi[0])), floor)

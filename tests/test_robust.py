@@ -1,0 +1,107 @@
+"""Tests of the shared statistics of detection: ndtracker.robust and ndtracker.linefit.
+
+Each fast routine is checked against the plain numpy computation it replaces (exact equality
+where the arithmetic is the same, a tolerance where only the summation order differs).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from numpy.lib.stride_tricks import sliding_window_view
+
+from ndtracker.linefit import _bend_fits, _prefix_sums, _rss_table
+from ndtracker.robust import _BLOCK, _PHI_GRID, _ar1_fit, _block_sd, _clipped, _robust_sd, _running_median
+
+
+def padded_running_median(y: np.ndarray, half: int) -> np.ndarray:
+    """Oracle: np.median over each window, the ends padded with the median of the end samples."""
+    ends = np.median(y[: half + 1]), np.median(y[-half - 1 :])
+    padded = np.concatenate([np.full(half, ends[0]), y, np.full(half, ends[1])])
+    return np.median(sliding_window_view(padded, 2 * half + 1), axis=1)
+
+
+def mad_sd(rows: np.ndarray) -> np.ndarray:
+    """Oracle: 1.4826 MAD per row, or 1.2533 mean absolute deviation where the MAD is 0."""
+    centred = np.abs(rows - np.median(rows, axis=1, keepdims=True))
+    mad = 1.4826 * np.median(centred, axis=1)
+    return np.where(mad > 0, mad, 1.2533 * centred.mean(axis=1))
+
+
+@pytest.mark.parametrize("n, half", [(5, 2), (6, 2), (101, 2), (17, 8), (18, 8), (1000, 8), (1001, 8)])
+@pytest.mark.parametrize("rounded", [False, True])
+def test_running_median_equals_numpy(n: int, half: int, rounded: bool) -> None:
+    y = np.random.default_rng(n + half).standard_t(2, n) * 10
+    y = np.round(y) if rounded else y  # ties
+    assert np.array_equal(_running_median(y, half), padded_running_median(y, half))
+
+
+@pytest.mark.parametrize("width", [1, 2, 3, 15, 63, 64])
+def test_robust_sd_equals_numpy_mad(width: int) -> None:
+    rng = np.random.default_rng(width)
+    rows = np.concatenate([rng.standard_t(3, (50, width)), np.round(rng.normal(size=(50, width)))])
+    rows[0] = 4.0  # constant row: MAD and mean absolute deviation both 0
+    rows[1, : max(1, width - 1)] = 2.0  # MAD 0, mean absolute deviation not
+    assert np.array_equal(_robust_sd(rows), mad_sd(rows))
+
+
+@pytest.mark.parametrize("n", [1, 31, 32, 63, 64, 65, 95, 96, 97, 1000])
+def test_block_sd_pools_a_short_last_block(n: int) -> None:
+    v = np.random.default_rng(n).normal(size=n)
+    full, tail = divmod(n, _BLOCK)
+    expected = [mad_sd(v[None, i * _BLOCK : (i + 1) * _BLOCK])[0] for i in range(full)]
+    if tail >= _BLOCK // 2 or (tail and not full):
+        expected.append(mad_sd(v[None, full * _BLOCK :])[0])
+    elif tail:
+        expected[-1:] = [mad_sd(v[None, (full - 1) * _BLOCK :])[0]] * 2
+    assert np.array_equal(_block_sd(v), expected)
+
+
+def test_ar1_fit_recovers_the_model_it_fits() -> None:
+    lags = np.array([1, 2, 4, 8, 16])
+    phis = _PHI_GRID[[0, 10, 45, 90]]
+    sds = np.array([0.5, 1.0, 3.0, 1e-3])
+    powers = phis[:, None] ** lags
+    variances = sds[:, None] ** 2 * (6 - 8 * powers + 2 * powers**2)
+    sigma, phi = _ar1_fit(np.vstack([variances, np.zeros(5)]), lags)
+    assert np.array_equal(phi[:4], phis)
+    assert sigma[:4] == pytest.approx(sds, rel=1e-12)
+    assert sigma[4] == 0.0  # a straight stretch
+
+
+def test_clipped_reuses_its_last_result_without_sharing_it() -> None:
+    y = np.random.default_rng(0).normal(size=5000)
+    y[[100, 2000]] = [40.0, -40.0]
+    first = _clipped(y, 7, 8)
+    expected = first.copy()
+    first[:] = 0.0  # a caller may write into its result
+    again = _clipped(y.copy(), 7, 8)
+    assert np.array_equal(again, expected)
+    assert abs(again[100]) < 10 and abs(again[2000]) < 10
+    assert np.mean(again == y) > 0.99  # beyond the spikes, only the far tail of the noise moves
+
+
+def test_bend_fits_equal_least_squares() -> None:
+    rng = np.random.default_rng(1)
+    u = np.sort(rng.uniform(-10, 10, 40))
+    y = np.abs(u - 2.0) + rng.normal(0, 0.1, 40)
+    weights = rng.uniform(0.5, 2.0, 40)
+    knots = u[5:35:5]
+    expected = []
+    for knot in knots:
+        basis = np.stack([np.ones_like(u), u, np.maximum(u - knot, 0)], axis=1) * np.sqrt(weights)[:, None]
+        residual = np.linalg.lstsq(basis, y * np.sqrt(weights), rcond=None)[1]
+        expected.append(float(residual[0]))
+    assert _bend_fits(u, y, knots, weights) == pytest.approx(expected, rel=1e-9)
+
+
+def test_rss_table_equals_line_fits() -> None:
+    rng = np.random.default_rng(2)
+    x, y, w = np.arange(30.0), rng.normal(size=30), rng.uniform(0.5, 2.0, 30)
+    table = _rss_table(_prefix_sums(x, y, w))
+    for start, stop in [(0, 30), (3, 9), (10, 13), (20, 30)]:
+        sw = np.sqrt(w[start:stop])
+        basis = np.stack([np.ones(stop - start), x[start:stop]], axis=1) * sw[:, None]
+        residual = np.linalg.lstsq(basis, y[start:stop] * sw, rcond=None)[1]
+        assert table[stop, start] == pytest.approx(float(residual[0]), rel=1e-8, abs=1e-12)
+    assert table[5, 4] == 0.0 and table[4, 5] == np.inf
