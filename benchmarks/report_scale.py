@@ -11,8 +11,10 @@ Usage::
     python benchmarks/report_scale.py                  # the full size
     python benchmarks/report_scale.py --steps 200000   # smaller, for a quick look
     python benchmarks/report_scale.py --keep DIR       # write the log to DIR and keep it
+    python benchmarks/report_scale.py --reuse DIR      # time the report of a log kept before
 
-Prints the time of each stage (load, split, detect, terminal, HTML) in-process, then the wall time
+Prints the time of each stage (``store.load`` for comparison; the report's own read, split, detect,
+terminal, HTML) in-process, then the wall time
 of the command itself, ``ndtracker report RUN`` and ``ndtracker report RUN --html FILE``, run in a
 fresh interpreter as a user would (imports included).
 """
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -32,25 +35,31 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ndtracker import reporting, store
+from ndtracker import analysis, reporting, store
 
 ROW_GROUP = 262_144
+REPORT_COLUMNS = ["step", "layer", "space", "stable_rank", "loss", "status"]
 PARTS = 16
 
 
 def main() -> None:
     args = parse()
-    folder = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="ndtracker-scale-"))
+    folder = Path(args.reuse or args.keep or tempfile.mkdtemp(prefix="ndtracker-scale-"))
     started = time.perf_counter()
-    rows = write_log(folder, args.steps, args.every, args.layers)
+    if not args.reuse:
+        write_log(folder, args.steps, args.every, args.layers)
+    rows = sum(pq.ParquetFile(p).metadata.num_rows for p in (folder / "metrics").glob("*.parquet"))
     size = sum(p.stat().st_size for p in (folder / "metrics").iterdir()) / 2**20
     print(f"log: {rows:,} rows ({args.steps:,} steps, every {args.every}, {args.layers} layers, "
           f"2 spaces), {size:.0f} MiB of Parquet, written in {time.perf_counter() - started:.1f} s")
-    print(f"machine: {os.cpu_count()} CPU cores, Python {sys.version.split()[0]}")
+    print(f"machine: {os.cpu_count()} CPU cores, Python {sys.version.split()[0]}, "
+          f"load average {os.getloadavg()[0]:.1f} (other jobs share the cores)")
     stages(folder)
     for extra in ([], ["--html", str(folder / "report.html")]):
-        seconds = command(folder, extra)
-        print(f"ndtracker report RUN {' '.join(extra[:1]) + ' FILE' if extra else '':<12} {seconds:6.1f} s  (fresh process)")
+        seconds, cpu = command(folder, extra)
+        label = "ndtracker report RUN" + (" --html FILE" if extra else "")
+        print(f"{label:<34} {seconds:6.1f} s wall, {cpu:5.1f} s CPU  (fresh process)")
+    print(f"load average at the end: {os.getloadavg()[0]:.1f}")
     html = folder / "report.html"
     print(f"HTML size: {html.stat().st_size / 2**20:.1f} MiB")
 
@@ -61,6 +70,7 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--every", type=int, default=5)
     parser.add_argument("--layers", type=int, default=50)
     parser.add_argument("--keep", metavar="DIR", help="write the log here and keep it")
+    parser.add_argument("--reuse", metavar="DIR", help="report on the log kept in DIR (not rewritten)")
     return parser.parse_args()
 
 
@@ -76,7 +86,7 @@ def write_log(folder: Path, steps: int, every: int, layers: int) -> int:
     values = {(i, s): synthetic_series(samples.size, rng) for i in range(layers) for s in range(2)}
     (folder / "metrics").mkdir(exist_ok=True)
     for part, chunk in enumerate(np.array_split(np.arange(samples.size), PARTS)):
-        table = part_table(writer.run_id, samples[chunk], chunk, names, values)
+        table = part_table(writer.run_id, samples[chunk], chunk, sorted(names), values)  # writer's order
         pq.write_table(table, folder / "metrics" / f"part-{writer.run_id}-{part}.parquet", row_group_size=ROW_GROUP)
     return samples.size * layers * 2
 
@@ -92,7 +102,7 @@ def synthetic_series(n: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def part_table(run_id: str, steps: np.ndarray, index: np.ndarray, names: list[str], values: dict) -> pa.Table:
-    """Rows of some samples, in the store's order (step, then layer, then space)."""
+    """Rows of some samples, in the order of ``names`` within a step (sorted: the writer's order)."""
     layers, n = len(names), steps.size * len(names) * 2
     layer_code = np.tile(np.repeat(np.arange(layers), 2), steps.size)
     space_code = np.tile([0, 1], steps.size * layers)
@@ -116,13 +126,14 @@ def stages(folder: Path) -> None:
     runs = store.read_run_info(folder)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        frame = clock("load (store.load, 6 columns)", reporting._load, folder, runs[-1]["run_id"], "stable_rank")
-        series = clock("split into series", reporting._split, frame, "stable_rank", None)
+        clock("store.load (6 columns, sorted)", lambda: store.load(folder, columns=REPORT_COLUMNS))
+        table = clock("read (store.read_table)", reporting._load, folder, runs[-1]["run_id"], "stable_rank")
+        series = clock("split into series", reporting._split, table, "stable_rank", None)
         series = reporting._select(series, runs[-1], None, "stable_rank", None)
         with reporting.progress_bar(False) as bar:
-            for workers in (1, None):
-                label = f"detect ({len(series)} series, {workers or 'auto'} worker(s))"
-                tables = clock(label, reporting._analyse, series, bar, reporting._check_workers(workers))
+            for workers in (2, 1):  # 2: spawned processes (their CPU time is not counted here)
+                label = f"detect ({len(series)} series, {workers} process(es))"
+                tables = clock(label, analysis.analyse, series, bar, workers)
     rep = reporting._assemble(str(folder), runs[-1], runs, "stable_rank", series, tables)
     from rich.console import Console
 
@@ -136,20 +147,22 @@ class Clock:
     """Call a function, print how long it took, return its result."""
 
     def __call__(self, label: str, function, *args):
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         result = function(*args)
-        print(f"  {label:<32} {time.perf_counter() - started:6.2f} s")
+        wall, cpu = time.perf_counter() - started, time.process_time() - cpu
+        print(f"  {label:<34} {wall:6.2f} s wall, {cpu:6.2f} s CPU")
         return result
 
 
-def command(folder: Path, extra: list[str]) -> float:
-    started = time.perf_counter()
+def command(folder: Path, extra: list[str]) -> tuple[float, float]:
+    """Run ``ndtracker report`` in a fresh interpreter; return its wall and CPU seconds."""
+    started, before = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
     done = subprocess.run([sys.executable, "-m", "ndtracker", "report", str(folder), *extra],
                           capture_output=True, text=True)  # fmt: skip
-    seconds = time.perf_counter() - started
+    seconds, after = time.perf_counter() - started, resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:
         raise SystemExit(f"ndtracker report failed ({done.returncode}): {done.stderr}")
-    return seconds
+    return seconds, (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
 
 
 if __name__ == "__main__":

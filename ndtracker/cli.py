@@ -23,7 +23,8 @@ from ndtracker.errors import NdtrackerError
 if TYPE_CHECKING:  # pragma: no cover
     from rich.console import Console
 
-    from ndtracker.reporting import Comparison, Report
+    from ndtracker.comparison import Comparison
+    from ndtracker.reporting import Report
 
 METRICS = ("stable_rank", "participation_ratio", "effective_rank", "energy90")
 SPACES = ("activation", "weight")

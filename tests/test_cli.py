@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 from torch import nn
@@ -132,6 +135,33 @@ def test_newer_schema(run, tmp_path, capsys):
     (folder / "run.json").write_text(json.dumps({**doc, "schema_version": 99}))
     code, _, err = run_cli(capsys, "report", folder)
     assert code == 1 and "newer" in one_error_line(err)
+
+
+def test_part_from_a_newer_schema(tmp_path, capsys):
+    run_id = tracked_run(tmp_path, steps=10)
+    [part] = sorted((tmp_path / "metrics").glob(f"part-{run_id}-*.parquet"))
+    table = pq.read_table(part)
+    pq.write_table(table.replace_schema_metadata({**table.schema.metadata, b"ndtracker_schema_version": b"99"}), part)
+    code, _, err = run_cli(capsys, "report", tmp_path)
+    assert code == 1 and f"{part.name} was written with schema version 99" in one_error_line(err)
+
+
+def test_foreign_parquet_file_is_named_and_the_rest_reported(run, tmp_path, capsys):
+    folder = tmp_path / "copy"
+    shutil.copytree(run, folder)
+    foreign = folder / "metrics" / "notes.parquet"
+    pq.write_table(pa.table({"a": [1, 2]}), foreign)
+    code, out, err = run_cli(capsys, "report", folder, "--width", "100")
+    assert code == 0 and all(f"│ {layer} " in out for layer in LAYERS)
+    [warning] = err.strip().splitlines()
+    assert warning.startswith("ndtracker: warning: skipping ") and foreign.name in warning
+
+
+def test_errors_in_a_subprocess_are_one_line_without_traceback(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "ndtracker", "report", str(tmp_path / "nope")],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 1 and done.stdout == ""
+    assert "does not exist" in one_error_line(done.stderr)
 
 
 def test_layer_pattern_matching_nothing(run, capsys):

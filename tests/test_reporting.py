@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 from rich.console import Console
 
-from ndtracker import figures, reporting
+from ndtracker import analysis, figures, reporting
 from ndtracker.errors import NdtrackerError, RunNotFoundError, SchemaError
 from ndtracker.store import RunWriter
 
@@ -95,6 +95,22 @@ def test_summary_matches_the_logged_values(rep):
     assert rep.summary.set_index(["layer", "space"]).loc[("head", "activation"), "nonfinite"] == 1
 
 
+def test_series_are_cut_the_same_from_an_irregular_layout(tmp_path):
+    writer = RunWriter(tmp_path, run_info={"options": {"every": 5, "metrics": ["stable_rank"]}})
+    every = [row for layer in LAYERS for space in ("activation", "weight") for row in rows(layer, space)]
+    sparse = [row for row in every if not (row["layer"] == "head" and row["step"] % 10)]  # head: every 10
+    for start in (500, 0):  # later steps flushed first
+        writer.append([row for row in sparse if start <= row["step"] < start + 500])
+        writer.flush()
+    writer.close()
+    irregular = reporting.report(tmp_path)
+    for item in irregular.series:
+        expected = series(item.layer, item.space)[:: 2 if item.layer == "head" else 1]
+        np.testing.assert_array_equal(item.values, expected)
+        assert np.array_equal(item.steps, STEPS[:: 2 if item.layer == "head" else 1])
+    assert irregular.layers == LAYERS and (irregular.summary["samples"].to_numpy() == [200] * 4 + [100] * 2).all()
+
+
 def test_jumps_are_in_training_steps(rep):
     jumps = rep.jumps[(rep.jumps.layer == "encoder.2") & (rep.jumps.space == "activation")]
     assert jumps[["step", "direction"]].to_dict("records") == [{"step": 500, "direction": "up"}]
@@ -129,7 +145,7 @@ def test_layers_pattern_list_and_space_select(run):
 
 
 def test_worker_processes_give_the_same_tables(run, monkeypatch):
-    monkeypatch.setattr(reporting, "PARALLEL_MIN_SAMPLES", 0)
+    monkeypatch.setattr(analysis, "PARALLEL_MIN_SAMPLES", 0)
     serial, parallel = reporting.report(run), reporting.report(run, workers=2)
     for name in ("summary", "phases", "jumps"):
         pd.testing.assert_frame_equal(getattr(serial, name), getattr(parallel, name))
@@ -152,7 +168,7 @@ def test_other_metric_and_latest_run_by_default(tmp_path):
 def test_terminal_summary_matches_golden(rep, run):
     console = Console(width=100, record=True, color_system=None, file=io.StringIO())
     rep.render(console)
-    text = console.export_text().replace(rep.run_id, "<run_id>").replace(str(run), "<run_dir>")
+    text = console.export_text().replace(rep.run_id, "<run_id>").replace(f"({run.name})", "(<run_dir>)")
     text = text.replace(str(rep.run["started"]), "<started>")
     check_golden("report_width100.txt", "\n".join(line.rstrip() for line in text.splitlines()) + "\n")
 
@@ -181,6 +197,31 @@ def test_html_is_self_contained_and_names_every_layer(rep, tmp_path):
 
 def test_html_is_deterministic(rep):
     assert rep.to_html() == rep.to_html()
+
+
+def test_summary_does_not_depend_on_where_the_run_lies(tmp_path, rep):
+    deep = tmp_path / ("x" * 120) / "synthetic0"
+    deep.mkdir(parents=True)
+    write_run(deep)
+    texts = []
+    for one in (rep, reporting.report(deep)):
+        console = Console(width=100, record=True, color_system=None, file=io.StringIO())
+        one.render(console)
+        texts.append(console.export_text().replace(one.run_id, "<run_id>").replace(str(one.run["started"]), "<started>"))
+    assert texts[0] == texts[1] and str(tmp_path) not in texts[1]
+
+
+def test_a_model_tracked_as_a_whole_is_shown_as_model(tmp_path):
+    write_run(tmp_path, layers=("", "head"))
+    model = reporting.report(tmp_path)
+    assert model.layers == ("", "head") and "" in set(model.phases.layer)  # the data keeps the name
+    console = Console(width=100, record=True, color_system=None, file=io.StringIO())
+    model.render(console)
+    text = console.export_text()
+    assert text.count("│ (model) ") == 2 and "│ head " in text
+    page = model.to_html()
+    assert ">(model)</h3>" in page and '<a href="#layer-0">(model)</a>' in page and "<td>(model)</td>" in page
+    assert "<td></td>" not in page
 
 
 def test_thin_keeps_extremes_and_bounds_points():
@@ -254,6 +295,15 @@ def test_newer_schema(tmp_path):
     (tmp_path / "run.json").write_text(json.dumps({**doc, "schema_version": 99}))
     with pytest.raises(SchemaError, match="newer"):
         reporting.report(tmp_path)
+
+
+def test_foreign_parquet_file_is_skipped_with_a_warning(tmp_path):
+    write_run(tmp_path)
+    foreign = tmp_path / "metrics" / "notes.parquet"
+    pd.DataFrame({"a": [1, 2]}).to_parquet(foreign)
+    with pytest.warns(RuntimeWarning, match=f"skipping {re.escape(str(foreign))}: it is not an ndtracker part"):
+        rest = reporting.report(tmp_path)
+    assert rest.layers == LAYERS and len(rest.summary) == 6
 
 
 def test_damaged_part_is_skipped_with_a_warning(tmp_path):

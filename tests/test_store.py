@@ -26,6 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ndtracker import store
+from ndtracker import writer as writing
 from ndtracker.errors import NdtrackerError, RunNotFoundError, SchemaError
 
 DTYPES = {
@@ -294,7 +295,7 @@ def test_parts_are_readable_by_duckdb(tmp_path):
 
 
 def test_compaction_leaves_few_files_and_every_row_once(tmp_path, monkeypatch):
-    monkeypatch.setattr(store, "FANOUT", 4)
+    monkeypatch.setattr(writing, "FANOUT", 4)
     writer = store.RunWriter(tmp_path, run_info={}, flush_secs=3600)
     chunks = [grid([step]) for step in range(100)]
     for chunk in chunks:
@@ -308,16 +309,16 @@ def test_compaction_leaves_few_files_and_every_row_once(tmp_path, monkeypatch):
 
 
 def test_a_failed_merge_warns_once_and_is_retried_at_close(tmp_path, monkeypatch):
-    monkeypatch.setattr(store, "FANOUT", 2)
-    merge = store._merge
-    monkeypatch.setattr(store, "_merge", lambda *args: failing_write_table())
+    monkeypatch.setattr(writing, "FANOUT", 2)
+    merge = writing._merge
+    monkeypatch.setattr(writing, "_merge", lambda *args: failing_write_table())
     writer = store.RunWriter(tmp_path, run_info={}, flush_secs=3600)
     with pytest.warns(RuntimeWarning, match="could not merge the parts.*tries again at close") as caught:
         for step in range(6):
             writer.append(grid([step]))
             writer.flush()
     assert len(caught) == 1 and len(parts(tmp_path)) == 6
-    monkeypatch.setattr(store, "_merge", merge)
+    monkeypatch.setattr(writing, "_merge", merge)
     writer.close()
     assert len(parts(tmp_path)) == 1 and len(store.load(tmp_path)) == 24
 
@@ -341,7 +342,7 @@ def test_crash_between_merge_and_delete_duplicates_nothing(tmp_path):
 
 
 def test_loads_during_writes_and_compactions_never_see_a_row_twice(tmp_path, monkeypatch):
-    monkeypatch.setattr(store, "FANOUT", 2)
+    monkeypatch.setattr(writing, "FANOUT", 2)
     writer = store.RunWriter(tmp_path, run_info={}, flush_secs=3600)
     done = threading.Event()
 
@@ -420,7 +421,7 @@ def failing_write_table(*args, **kwargs):
 
 def test_disk_full_keeps_a_bounded_buffer_and_recovers(tmp_path, monkeypatch):
     writer = store.RunWriter(tmp_path, run_info={}, flush_secs=3600, max_buffer_rows=10)
-    monkeypatch.setattr(store.pq, "write_table", failing_write_table)
+    monkeypatch.setattr(pq, "write_table", failing_write_table)
     with pytest.warns(RuntimeWarning, match=r"could not write to .*metrics.*No space left") as caught:
         for step in range(5):
             writer.append(grid([step]))  # 4 rows each: 20 rows, 10 kept
@@ -454,7 +455,7 @@ def test_a_deleted_run_directory_is_warned_about_and_recreated(tmp_path):
 def test_rows_that_cannot_be_written_by_close_are_reported_lost(tmp_path, monkeypatch):
     writer = store.RunWriter(tmp_path, run_info={}, flush_secs=3600)
     writer.append(grid([0]))
-    monkeypatch.setattr(store.pq, "write_table", failing_write_table)
+    monkeypatch.setattr(pq, "write_table", failing_write_table)
     with pytest.warns(RuntimeWarning) as caught:
         writer.close()
     messages = [str(warning.message) for warning in caught]
@@ -540,6 +541,25 @@ def test_sort_falls_back_to_lexsort_when_keys_overflow(tmp_path):
     rows = [row(2**62, "b"), row(0, "a"), row(2**62 - 5, "a")]
     write(tmp_path, [rows])
     assert store.load(tmp_path)["step"].tolist() == [0, 2**62 - 5, 2**62]
+
+
+def test_read_table_keeps_the_written_order_unless_sorted(tmp_path):
+    rows = [row(10, "z"), row(0, "b", "weight"), row(0, "b"), row(5, "a"), row(0, "a")]
+    write(tmp_path, [rows[:2], rows[2:]])
+    written = store.read_table(tmp_path, columns=["step", "layer", "space"], sort=False)
+    keys = list(zip(*(written[name].to_pylist() for name in ("step", "layer", "space"))))
+    assert keys == [(0, "b", "weight"), (10, "z", "activation"), (0, "a", "activation"),
+                    (0, "b", "activation"), (5, "a", "activation")]  # each flush sorted, in turn
+    assert pa.types.is_dictionary(written.schema.field("layer").type) and written.column_names == ["step", "layer", "space"]
+    frame = store.read_table(tmp_path).to_pandas()
+    pd.testing.assert_frame_equal(frame.astype(store.load(tmp_path).dtypes.to_dict()), store.load(tmp_path))
+
+
+def test_sort_puts_null_layers_last_and_orders_an_unsorted_dictionary(tmp_path):
+    rows = [row(0, "b"), row(0, "a"), row(0, None), row(0, "c")]  # dictionary order b, a, c
+    write(tmp_path, [rows[:1], rows[1:]])
+    layers = store.load(tmp_path)["layer"]
+    assert layers.iloc[:3].tolist() == ["a", "b", "c"] and pd.isna(layers.iloc[3])
 
 
 def test_many_rows_round_trip_through_several_parts(tmp_path):

@@ -1,0 +1,239 @@
+"""Read the parts of one table of a run directory back into a single Arrow table.
+
+The read side of :mod:`ndtracker.store` (whose `load` and `read_table` call it): list the live parts
+(a compacted part hides the parts it covers), open them all before reading any (a part deleted by a
+concurrent compaction stays readable once open), read only the wanted columns with the strings
+dictionary-encoded, skip a damaged or foreign part with a warning naming it, and sort the rows
+when asked, after a cheap check that usually finds them in order already. This module imports no
+torch.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from ndtracker.errors import NdtrackerError, SchemaError
+from ndtracker.store import _PART, _VERSION_KEY, SCHEMA_VERSION, _listing
+
+__all__ = ["read_parts", "sort_rows"]
+
+
+def read_parts(
+    folder: Path, schema: pa.Schema, runs: list[str], run_id: str | None, names: list[str]
+) -> pa.Table:
+    """Read the live parts of ``folder`` as one table of the ``names`` columns.
+
+    Args:
+        folder: ``RUN_DIR/metrics`` or ``RUN_DIR/events``.
+        schema: The table's schema (`store.METRICS_SCHEMA` or `store.EVENTS_SCHEMA`).
+        runs: The directory's run ids, oldest first: parts are read run by run in this order.
+        run_id: Read only this run's parts (and its rows of files not named as parts).
+        names: The columns to read.
+
+    Returns:
+        The rows in the order written, string columns dictionary-encoded with one dictionary each.
+    """
+    target = _encoded(pa.schema([schema.field(name) for name in names]))
+    opened = _open_parts(folder, runs, run_id, target)
+    try:
+        tables = [_read_part(path, part, target, run_id) for path, part in opened]
+    finally:
+        for _, part in opened:
+            if isinstance(part, pq.ParquetFile):
+                part.close()
+    kept = [table for table in tables if table is not None]
+    return pa.concat_tables(kept).unify_dictionaries() if kept else target.empty_table()
+
+
+def _open_parts(
+    folder: Path, runs: list[str], run_id: str | None, target: pa.Schema
+) -> list[tuple[Path, Any]]:
+    """Open every live part, listing again whenever a concurrent compaction deleted one first.
+
+    An open part stays readable after it is deleted, so once all are open the set is consistent.
+    Returns (path, ``ParquetFile``) pairs, or (path, error) for a file Parquet cannot open.
+    """
+    strings = [field.name for field in target if pa.types.is_dictionary(field.type)]
+    for _ in range(100):
+        opened: list[tuple[Path, Any]] = []
+        try:
+            for name in _live_parts(folder, runs, run_id):
+                opened.append((folder / name, _open(folder / name, strings)))
+            return opened
+        except FileNotFoundError:
+            for _, part in opened:
+                if isinstance(part, pq.ParquetFile):
+                    part.close()
+    raise NdtrackerError(f"the parts in {folder} kept changing while being read; try again")
+
+
+def _open(path: Path, strings: list[str]) -> pq.ParquetFile | Exception:
+    try:
+        try:
+            return pq.ParquetFile(path, read_dictionary=strings)
+        except KeyError:  # a string column is missing: open it as is, `_read_part` says which
+            return pq.ParquetFile(path)
+    except FileNotFoundError:
+        raise
+    except (pa.ArrowException, OSError) as error:
+        return error
+
+
+def _encoded(schema: pa.Schema) -> pa.Schema:
+    """Return ``schema`` with its string columns dictionary-encoded: much faster to read and sort."""
+    encoded = pa.dictionary(pa.int32(), pa.string())
+    return pa.schema([pa.field(f.name, encoded) if pa.types.is_string(f.type) else f for f in schema])
+
+
+def _live_parts(folder: Path, runs: list[str], run_id: str | None) -> list[str]:
+    """Return the part names to read, in (run, seq) order, without the parts a compaction covers."""
+    spans: dict[str, list[tuple[int, int, str]]] = {}
+    other = []
+    for name, match in _listing(folder):
+        if match is None:
+            other.append(name)
+        elif run_id in (None, match.group(1)):
+            first = int(match.group(2))
+            spans.setdefault(match.group(1), []).append((first, int(match.group(3) or first), name))
+    order = {run: index for index, run in enumerate(runs)}
+    ordered = sorted(spans, key=lambda run: (order.get(run, len(order)), run))
+    return [name for run in ordered for name in _uncovered(spans[run])] + other
+
+
+def _uncovered(spans: list[tuple[int, int, str]]) -> list[str]:
+    """Drop every span that lies inside another (its rows live in the covering compacted part)."""
+    live, reach = [], -1
+    for first, last, name in sorted(spans, key=lambda span: (span[0], -span[1])):
+        if last > reach:
+            live.append(name)
+            reach = last
+    return live
+
+
+def _read_part(
+    path: Path, part: pq.ParquetFile | Exception, target: pa.Schema, run_id: str | None
+) -> pa.Table | None:
+    """Read one opened part as ``target``; None, with a warning naming the file, when it is damaged."""
+    try:
+        if isinstance(part, Exception):
+            raise part
+        _check_version(part.schema_arrow, path)
+        missing = [name for name in target.names if name not in part.schema_arrow.names]
+        if missing:
+            _skip(path, f"it is not an ndtracker part (no column {missing[0]!r})")
+            return None
+        table = part.read(columns=target.names)
+    except (pa.ArrowException, OSError) as error:
+        _skip(path, f"it is not a readable Parquet file ({error})")
+        return None
+    return _conform(table, target, path, run_id)
+
+
+def _conform(table: pa.Table, target: pa.Schema, path: Path, run_id: str | None) -> pa.Table | None:
+    if not table.schema.equals(target, check_metadata=False):
+        try:
+            table = table.cast(target)
+        except (pa.ArrowException, ValueError) as error:
+            _skip(path, f"its columns do not have the ndtracker types ({error})")
+            return None
+    if run_id is not None and _PART.match(path.name) is None:
+        table = table.filter(pc.equal(table["run_id"], run_id))
+    return table.replace_schema_metadata(None)
+
+
+def _check_version(schema: pa.Schema, path: Path) -> None:
+    version = (schema.metadata or {}).get(_VERSION_KEY.encode())
+    if version is not None and version.isdigit() and int(version) > SCHEMA_VERSION:
+        raise SchemaError(f"{path} was written with schema version {int(version)}, newer than "
+                          f"{SCHEMA_VERSION}, the newest this ndtracker reads; upgrade "
+                          "ndtracker")  # fmt: skip
+
+
+def _skip(path: Path, why: str) -> None:
+    warnings.warn(f"skipping {path}: {why}", RuntimeWarning, stacklevel=5)
+
+
+def sort_rows(table: pa.Table, runs: list[str]) -> pa.Table:
+    """Sort rows by (run, step, layer, space), stably; a table already in that order is returned as is.
+
+    Args:
+        table: Rows with ``run_id``, ``step``, ``layer`` and ``space`` columns, strings
+            dictionary-encoded with one dictionary per column (``Table.unify_dictionaries``).
+        runs: Run ids in the order their rows should come (by start time); others go last.
+
+    Returns:
+        The sorted table. A log written by one writer is in order, which costs one pass over the keys.
+    """
+    if table.num_rows < 2:
+        return table
+    keys = [
+        _codes(table["run_id"], runs),
+        pc.fill_null(table["step"], -1).to_numpy(),
+        _codes(table["layer"]),
+        _codes(table["space"]),
+    ]
+    if _in_order(keys):
+        return table
+    key = _composite(keys)
+    order = np.lexsort(keys[::-1]) if key is None else np.argsort(key, kind="stable")
+    return table.take(order)
+
+
+def _in_order(keys: list[np.ndarray]) -> bool:
+    """Whether consecutive rows never decrease in the lexicographic order of ``keys``."""
+    tied = np.ones(len(keys[0]) - 1, bool)
+    for key in keys:
+        before, after = key[:-1], key[1:]
+        if np.any(tied & (after < before)):
+            return False
+        tied &= after == before
+        if not tied.any():
+            break
+    return True
+
+
+def _codes(column: pa.ChunkedArray, values: list[str] | None = None) -> np.ndarray:
+    """Rank each row of a dictionary column among ``values`` (default: its values, sorted); nulls last.
+
+    The chunks must share one dictionary (``Table.unify_dictionaries``). When the dictionary is
+    already in rank order and there is no null, the codes are its indices, read without a copy.
+    """
+    dictionary = column.chunk(0).dictionary
+    rank = _ranks(dictionary, values)
+    if column.null_count == 0:
+        indices = np.concatenate([chunk.indices.to_numpy() for chunk in column.chunks])
+        return indices if np.array_equal(rank, np.arange(rank.size)) else rank[indices]
+    rank = np.append(rank, rank.max(initial=-1) + 1)  # the rank of null
+    null = len(dictionary)
+    return np.concatenate([rank[pc.fill_null(chunk.indices, null).to_numpy()] for chunk in column.chunks])
+
+
+def _ranks(dictionary: pa.Array, values: list[str] | None) -> np.ndarray:
+    """Rank of each dictionary entry: its place among ``values`` (absent: last), or in sorted order."""
+    if values is not None:
+        found = pc.index_in(dictionary, value_set=pa.array(values, pa.string()))
+        return pc.fill_null(found, len(values)).to_numpy().astype(np.int64)
+    rank = np.empty(len(dictionary), np.int64)
+    rank[pc.sort_indices(dictionary).to_numpy()] = np.arange(len(dictionary))
+    return rank
+
+
+def _composite(codes: list[np.ndarray]) -> np.ndarray | None:
+    """Fold integer sort keys into one int64 key, or None when it would overflow."""
+    key, span = np.zeros(len(codes[0]), np.int64), 1
+    for code in codes:
+        low = int(code.min())
+        width = int(code.max()) - low + 1
+        span *= width
+        if span >= 2**62:
+            return None
+        key = key * width + (code.astype(np.int64) - low)
+    return key
+
