@@ -479,13 +479,20 @@ def heap_child(steps: int, marks: int) -> list[float]:
     return heap
 
 
-def print_heap_over_time(steps: int, marks: int = 6) -> None:
-    command = [sys.executable, __file__, "--heap-child", str(steps), str(marks)]
+def run_child(*arguments: str) -> tuple[object, str]:
+    """Run this script as a child with ``arguments``; its last stdout line as JSON, or the error."""
+    command = [sys.executable, __file__, *arguments]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     try:
-        heap = json.loads(done.stdout.strip().splitlines()[-1])
+        return json.loads(done.stdout.strip().splitlines()[-1]), ""
     except (IndexError, json.JSONDecodeError):
-        print(f"  heap over time: failed: {done.stderr.strip().splitlines()[-1:]}")
+        return None, f"failed: {done.stderr.strip().splitlines()[-1:]}"
+
+
+def print_heap_over_time(steps: int, marks: int = 6) -> None:
+    heap, error = run_child("--heap-child", str(steps), str(marks))
+    if error:
+        print(f"  heap over time: {error}")
         return
     marks_text = ", ".join(f"{(i + 1) * steps // marks}: {mib:.2f}" for i, mib in enumerate(heap))
     print(f"  our Python heap (MiB) at every=1 after N samples, MLP: {marks_text}")
@@ -500,12 +507,9 @@ def print_memory(workload_name: str, arm_names: list[str], steps: int) -> None:
     print(f"    {'arm':16} {columns}")
     bare = None
     for arm_name in arm_names:
-        command = [sys.executable, __file__, "--memory-child", workload_name, arm_name, str(steps)]
-        done = subprocess.run(command, capture_output=True, text=True, check=False)
-        try:
-            result = json.loads(done.stdout.strip().splitlines()[-1])
-        except (IndexError, json.JSONDecodeError):
-            print(f"    {arm_name:16} failed: {done.stderr.strip().splitlines()[-1:]}")
+        result, error = run_child("--memory-child", workload_name, arm_name, str(steps))
+        if error:
+            print(f"    {arm_name:16} {error}")
             continue
         bare = result["peak"] if bare is None else bare
         print(

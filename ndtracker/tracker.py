@@ -1,38 +1,42 @@
-"""The Tracker: pick layers, arm hooks on sampled steps, turn captures into logged rows.
+"""The Tracker: the stateful shell that wires the parts below to a model and a training loop.
 
-The math lives in :mod:`ndtracker.spectra`, the file format in :mod:`ndtracker.store` and the
-event logic in :mod:`ndtracker.detect`; this module only wires them to a model and a training loop.
+Options are checked in :mod:`ndtracker.options`, layers chosen in :mod:`ndtracker.layers`, hooks
+and captures handled in :mod:`ndtracker.capture`, a sample measured into rows in
+:mod:`ndtracker.measurement` (the math in :mod:`ndtracker.spectra`), the rows written by
+:mod:`ndtracker.store` and watched by the online detectors of :mod:`ndtracker.tracker_events`.
+This module holds the step counter, the warn-once policy and the order of things.
 """
 
 from __future__ import annotations
 
-import bisect
-import contextlib
 import logging
-import math
 import os
 import sys
 import time
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
 from torch import nn
 
 from ndtracker import spectra
-from ndtracker.layers import (
-    DEFAULT_MAX_LAYERS, LayerSpec, TrackedLayer, first_tensor, is_compiled, select_layers, uncompiled,
+from ndtracker.capture import ActivationHook, Capturer
+from ndtracker.layers import DEFAULT_MAX_LAYERS, LayerSpec, select_layers, uncompiled
+from ndtracker.measurement import log_row, loss_value, measure_jobs, sample_jobs
+from ndtracker.options import (
+    DEFAULT_MAX_BUFFER_ROWS, DEFAULT_METRICS, HOOK_MODES, SPACES, check_options, non_negative_int,
+    positive_int, positive_seconds,
 )  # fmt: skip
-from ndtracker.spectra import METRICS, Job, StreamingSpectrum
+from ndtracker.tracker_events import SeriesDetectors, StepAxis, describe_event, detector_factory
+
+__all__ = ["Tracker", "DEFAULT_METRICS", "DEFAULT_MAX_BUFFER_ROWS", "HOOK_MODES", "SPACES"]
 
 log = logging.getLogger("ndtracker")
 
 Space = Literal["activation", "weight"]
-SPACES: tuple[str, ...] = ("activation", "weight")
-HOOK_MODES: tuple[str, ...] = ("auto", "sampled", "permanent")
-DEFAULT_MAX_BUFFER_ROWS = 200_000
-DEFAULT_METRICS: tuple[str, ...] = ("stable_rank", "participation_ratio")
+_StepAxis = StepAxis  # former private names: models pickled with hooks installed refer to
+_ActivationHook = ActivationHook  # ndtracker.tracker._ActivationHook
 _INTERNAL_DIRS = tuple(os.path.dirname(m.__file__) + os.sep for m in (spectra, torch))
 
 
@@ -117,7 +121,11 @@ class Tracker:
         center: Mean-centre activation columns (default True). Weights are never centred.
         max_layers: Cap on the default layer selection (default 64); ``None`` for no cap.
         weight_every: Measure weights every this many steps, a multiple of ``every``. Default:
-            ``every`` (weights on every sampled step).
+            ``every``: every sampled step measures activation and weight spectra. The weight
+            spectra are usually the dearer part of a sample (a weight's Gram matrix is formed
+            from the whole matrix, where activations are capped at ``max_rows`` rows) and weights
+            change slowly, so to make them cheaper pass a multiple, e.g. ``weight_every=10 *
+            every``, or ``spaces="activation"`` to leave them out.
         track_eval: Also capture forwards run in eval mode or without autograd (a frozen
             backbone under ``torch.no_grad()``), when no training forward came first.
         output_key: For modules returning a dict, a dataclass or another object, the key or
@@ -179,33 +187,24 @@ class Tracker:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self._model = uncompiled(model)
-        self._every = _positive_int("every", every)
-        self._weight_every = _weight_every(weight_every, self._every)
-        self._metrics = frozenset(_check_metrics(metrics))
-        self._spaces = _check_spaces(spaces)
-        self._estimator = _check_choice("estimator", estimator, ("auto",) + spectra.ESTIMATORS)
-        _check_estimator_metrics(self._estimator, self._metrics)
-        self._conv = _check_choice("conv", conv, ("channel", "sample"))
-        self._hook_mode = _hook_mode(_check_choice("hooks", hooks, HOOK_MODES), model)
-        self._max_rows = None if max_rows is None else _positive_int("max_rows", max_rows)
-        self._step = _non_negative_int("start_step", start_step)
-        self._center, self._track_eval, self._output_key = bool(center), bool(track_eval), output_key
-        flush_secs = _positive_number("flush_secs", flush_secs)
-        max_buffer_rows = _positive_int("max_buffer_rows", max_buffer_rows)
+        self._options = check_options(
+            model, every=every, weight_every=weight_every, metrics=metrics, spaces=spaces,
+            estimator=estimator, conv=conv, hooks=hooks, max_rows=max_rows, center=center,
+            track_eval=track_eval, output_key=output_key, seed=seed,
+        )  # fmt: skip
+        self._step = non_negative_int("start_step", start_step)
+        writing = {
+            "start_step": self._step, "flush_secs": positive_seconds("flush_secs", flush_secs),
+            "max_buffer_rows": positive_int("max_buffer_rows", max_buffer_rows),
+        }  # fmt: skip
         self._layers = select_layers(self._model, layers, max_layers)
-        self._seed, self._generators = int(seed), {}
-        self._handles: list[Any] = []
-        self._armed = self._closed = False
+        self._closed = False
         self._warned: set[tuple[str, str]] = set()
-        self._on_forward = _opaque_to_compiler(self._capture_forward, self._hook_mode)
-        self._new_detector = _detector_factory(detect)
-        self._detectors: dict[tuple[str, str], _StepDetector | None] = {}
-        run_info = self._run_info(self._model, flush_secs, max_buffer_rows)
-        self._writer = _open_writer(log_dir, run_info, flush_secs, max_buffer_rows)
-        if self._hook_mode == "permanent":
-            self._install_hooks()
+        self._detectors = SeriesDetectors(detector_factory(detect), self._warn_once)
+        self._writer = _open_writer(log_dir, self._run_info(writing), writing)
+        self._capturer = Capturer(self._model, self._layers, self._options, self._warn_once)
         if self._is_sampled(self._step):
-            self._arm()
+            self._capturer.arm()
 
     # ---------------------------------------------------------------------------------- public
 
@@ -239,11 +238,11 @@ class Tracker:
             loss: The step's loss (float, 0-d tensor or None). A tensor is read only on sampled
                 steps.
         """
-        if self._armed:
+        if self._capturer.armed:
             self._finish_sample(loss)
         self._step += 1
         if self._is_sampled(self._step) and not self._closed:
-            self._arm()
+            self._capturer.arm()
 
     def flush(self) -> None:
         """Write the rows logged so far to disk now (they are also written every ``flush_secs``).
@@ -257,10 +256,10 @@ class Tracker:
         if self._closed:
             return
         self._closed = True
-        self._disarm()
-        self._remove_hooks()
+        self._capturer.disarm()
+        self._capturer.remove()
         try:
-            self._emit_events(self._finish_detectors())
+            self._emit_events(self._detectors.finish())
         except Exception as error:  # the logs must be closed whatever the detector does
             self._warn_once("*", "events", f"the online detector failed at close: {error!r}")
         finally:
@@ -274,160 +273,41 @@ class Tracker:
 
     def __repr__(self) -> str:
         return (
-            f"Tracker(every={self._every}, layers={len(self._layers)}, step={self._step}, "
+            f"Tracker(every={self._options.every}, layers={len(self._layers)}, step={self._step}, "
             f"log_dir={self.log_dir!r}, closed={self._closed})"
         )
 
-    # ---------------------------------------------------------------------------- sampling
+    # ---------------------------------------------------------------------------- internals
+
+    @property
+    def _hook_mode(self) -> str:
+        """The resolved hook strategy, ``"sampled"`` or ``"permanent"``."""
+        return self._options.hooks
 
     def _is_sampled(self, step: int) -> bool:
-        return step % self._every == 0
-
-    def _arm(self) -> None:
-        """Make the hooks capture during this step."""
-        self._armed = True
-        if self._hook_mode == "sampled" and "activation" in self._spaces:
-            self._install_hooks()
-
-    def _disarm(self) -> None:
-        self._armed = False
-        for layer in self._layers:
-            layer.clear()
-        if self._hook_mode == "sampled":
-            self._remove_hooks()
-
-    def _install_hooks(self) -> None:
-        if "activation" not in self._spaces:
-            return
-        for layer in self._layers:
-            self._handles.append(layer.module.register_forward_hook(_ActivationHook(self, layer)))
-
-    def _remove_hooks(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
-
-    def _capture_forward(self, layer: TrackedLayer, module: nn.Module, output: Any) -> None:
-        """Capture this forward's output unless the step already holds a better one (never raises).
-
-        The first training forward wins; with ``track_eval``, an eval or ``no_grad`` forward is
-        kept until a training forward replaces it.
-        """
-        if layer.captured_in_training:
-            return
-        training = torch.is_grad_enabled() and (module.training or self._model.training)
-        if training or (self._track_eval and layer.capture is None):
-            self._capture(layer, output, training)
-
-    def _capture(self, layer: TrackedLayer, output: Any, training: bool) -> None:
-        """Keep the layer's output as a capped float32 matrix (never raises)."""
-        try:
-            tensor = first_tensor(output, self._output_key)
-            if tensor is None:
-                self._warn_once(layer.name, "activation", _NO_TENSOR.format(type(output).__name__))
-                return
-            with torch.no_grad(), _autocast_off([tensor.device.type]):
-                matrix = spectra.activation_matrix(
-                    tensor,
-                    channels_first=layer.channels_first,
-                    conv=self._conv,  # type: ignore[arg-type]
-                    max_rows=self._max_rows,
-                    center=self._center,
-                    generator=self._generator(tensor.device),
-                )
-                layer.capture = _own_copy(matrix, tensor)
-            layer.captured_in_training = training
-        except Exception as error:  # a monitor never stops training
-            self._warn_once(layer.name, "activation", f"capture failed: {error!r}")
-
-    def _generator(self, device: torch.device) -> torch.Generator:
-        if device not in self._generators:
-            self._generators[device] = torch.Generator(device=device).manual_seed(self._seed)
-        return self._generators[device]
-
-    # ---------------------------------------------------------------------------- measuring
+        return step % self._options.every == 0
 
     def _finish_sample(self, loss: float | torch.Tensor | None) -> None:
         """Measure the captures and weights of the sampled step, log the rows, disarm."""
-        step, now, loss_value = self._step, time.time(), _loss_value(loss)
+        step, now, loss = self._step, time.time(), loss_value(loss)
         try:
-            jobs, keys = self._jobs()
-            table, used = self._measure(jobs, keys)
+            with_weights = self._options.weights_at(step)
+            jobs, keys = sample_jobs(self._layers, self._options, with_weights, self._warn_once)
+            table, used = measure_jobs(jobs, keys, self._warn_once)
             rows = [
-                self._row(step, (name, space), jobs[i], table[i], used[i], loss_value, now)
+                log_row(step, (name, space), jobs[i], table[i], used[i], self._options.metrics,
+                        self._warn_once) | {"loss": loss, "wall_time": now}
                 for name, space, i in keys
-            ]
+            ]  # fmt: skip
             self._writer.append(rows)
-            self._emit_events(self._detect(rows))
+            self._emit_events(self._detectors.feed(rows))
         except Exception as error:  # a monitor never stops training
             self._warn_once("*", "*", f"sample of step {step} failed: {error!r}")
         finally:
-            self._disarm()
-
-    def _jobs(self) -> tuple[list[Job], list[tuple[str, str, int]]]:
-        """The matrices to measure, and per row to log: (layer, space, index of its job).
-
-        A weight shared by several layers (tied embeddings) is measured once, logged under each.
-        """
-        jobs: list[Job] = []
-        keys: list[tuple[str, str, int]] = []
-        weight_jobs: dict[int, int] = {}
-        weights: list[torch.Tensor] = []  # parametrized weights are new tensors at each access
-        for layer in self._layers:
-            if layer.capture is not None:
-                keys.append((layer.name, "activation", len(jobs)))
-                jobs.append(self._job(layer, "activation", layer.capture))
-            elif "activation" in self._spaces:
-                self._warn_once(layer.name, "activation", _NO_FORWARD)
-            weight = layer.weight if self._weights_now() else None
-            if weight is not None:
-                if id(weight) not in weight_jobs:  # `weights` keeps each alive, so ids stay unique
-                    weight_jobs[id(weight)] = len(jobs)
-                    weights.append(weight)
-                    jobs.append(self._job(layer, "weight", spectra.weight_matrix(weight)))
-                keys.append((layer.name, "weight", weight_jobs[id(weight)]))
-        return jobs, keys
-
-    def _weights_now(self) -> bool:
-        return "weight" in self._spaces and self._step % self._weight_every == 0
-
-    def _job(self, layer: TrackedLayer, space: str, matrix: torch.Tensor) -> Job:
-        state = layer.streams.setdefault(space, StreamingSpectrum())
-        estimator = spectra.choose_estimator(tuple(matrix.shape), self._metrics, self._estimator)
-        return Job(matrix, estimator, self._metrics, state)
-
-    def _measure(self, jobs: list[Job], keys: list[tuple[str, str, int]]):
-        """All jobs in one batch; if the batch fails, job by job so one bad matrix costs one row."""
-        with torch.no_grad(), _autocast_off({job.matrix.device.type for job in jobs}):
-            try:
-                return spectra.measure_many(jobs)
-            except Exception:
-                return self._measure_one_by_one(jobs, {i: (name, space) for name, space, i in keys})
-
-    def _measure_one_by_one(self, jobs: list[Job], owners: dict[int, tuple[str, str]]):
-        table: list[list[float] | None] = []
-        used: list[str] = []
-        for index, job in enumerate(jobs):
-            try:
-                result, estimator = spectra.measure_many([job])
-                table.append(result[0]), used.append(estimator[0])
-            except Exception as error:
-                self._warn_once(*owners[index], f"measurement failed: {error!r}")
-                table.append(None), used.append(job.estimator)
-        return table, used
-
-    def _row(self, step, key, job, result, estimator, loss, now) -> dict[str, Any]:
-        rows, cols = job.matrix.shape
-        values, status = _values_and_status(result, rows, cols)
-        if status not in ("ok", "zero", "empty"):
-            self._warn_once(*key, f"metrics are NaN at step {step} ({status})")
-        row = {"step": step, "layer": key[0], "space": key[1], "rows": rows, "cols": cols}
-        for name, value in zip(METRICS, values):
-            row[name] = _metric_cell(name, value, name in self._metrics)
-        row.update(estimator=estimator, loss=loss, wall_time=now, status=status)
-        return row
+            self._capturer.disarm()
 
     def _warn_once(self, layer: str, space: str, message: str) -> None:
+        """Warn about a (layer, space) once per run; ``"*"`` stands for the whole tracker."""
         if (layer, space) in self._warned:
             return
         self._warned.add((layer, space))
@@ -435,252 +315,38 @@ class Tracker:
         message = f"{where}: {message}; training continues"
         warnings.warn(message, RuntimeWarning, stacklevel=_user_stacklevel())
 
-    # ---------------------------------------------------------------------------- detection
-
-    def _detect(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        events = []
-        for row in rows if self._new_detector is not None else []:
-            key = (row["layer"], row["space"])
-            events += [{**event, "layer": key[0], "space": key[1]} for event in self._feed(key, row)]
-        return events
-
-    def _feed(self, key: tuple[str, str], row: dict[str, Any]) -> list[dict[str, Any]]:
-        """Feed the series' detector (made at its first row); one that fails is dropped, warned once."""
-        if key not in self._detectors:
-            self._detectors[key] = _StepDetector(self._new_detector(), "stable_rank")
-        detector = self._detectors[key]
-        value = math.nan if row["stable_rank"] is None else row["stable_rank"]
-        try:
-            return [] if detector is None else detector.feed(row["step"], value)
-        except Exception as error:
-            self._detectors[key] = None
-            self._warn_once(*key, f"online detection stopped: {error!r}")
-            return []
-
-    def _finish_detectors(self) -> list[dict[str, Any]]:
-        events = []
-        for (layer, space), detector in self._detectors.items():
-            if detector is not None:
-                events += [{**e, "layer": layer, "space": space} for e in detector.finish()]
-        return events
-
     def _emit_events(self, events: list[dict[str, Any]]) -> None:
         if not events:
             return
         now = time.time()
         for event in events:
             event.setdefault("wall_time", now)
-            log.info("%s", _describe_event(event))
+            log.info("%s", describe_event(event))
         try:
             self._writer.append_events(events)
         except Exception as error:
             self._warn_once("*", "events", f"could not log events: {error!r}")
 
-    # ---------------------------------------------------------------------------- run info
-
-    def _run_info(self, model: nn.Module, flush_secs: float, max_buffer_rows: int) -> dict[str, Any]:
+    def _run_info(self, writing: dict[str, Any]) -> dict[str, Any]:
         import ndtracker
 
-        options = {
-            "every": self._every, "weight_every": self._weight_every,
-            "metrics": [m for m in METRICS if m in self._metrics], "spaces": list(self._spaces),
-            "estimator": self._estimator, "conv": self._conv, "max_rows": self._max_rows,
-            "center": self._center, "track_eval": self._track_eval, "hooks": self._hook_mode,
-            "start_step": self._step, "flush_secs": flush_secs, "max_buffer_rows": max_buffer_rows,
-            "seed": self._seed,
-        }  # fmt: skip
-        layers = [layer.info() for layer in self._layers]
         return {
-            "model": type(model).__name__, "options": options, "layers": layers,
+            "model": type(self._model).__name__, "options": {**self._options.as_dict(), **writing},
+            "layers": [layer.info() for layer in self._layers],
             "ndtracker_version": ndtracker.__version__, "torch_version": torch.__version__,
         }  # fmt: skip
 
 
-# ------------------------------------------------------------------------------ rows
-
-
-def _values_and_status(result: list[float] | None, rows: int, cols: int):
-    if result is None:
-        return [math.nan] * 4, "failed"
-    values, finite, energy = result[:4], result[5], result[6]
-    if rows == 0 or cols == 0:
-        return [math.nan] * 4, "empty"
-    if finite < 1:
-        return [math.nan] * 4, "nonfinite"
-    if not energy > 0:
-        return [math.nan] * 4, "zero"
-    return values, "ok"
-
-
-def _metric_cell(name: str, value: float, computed: bool) -> float | int | None:
-    if not computed:
-        return None
-    if name == "energy90":
-        return None if math.isnan(value) else int(round(value))
-    return value
-
-
-def _loss_value(loss: float | torch.Tensor | None) -> float | None:
-    if loss is None:
-        return None
-    try:
-        return float(loss.detach().float().item() if isinstance(loss, torch.Tensor) else loss)
-    except (TypeError, ValueError, RuntimeError):
-        return None
-
-
-def _describe_event(event: dict[str, Any]) -> str:
-    where = f"{event['layer']} ({event['space']}) step {event['step']}"
-    if event["kind"] == "jump":
-        arrow = "up" if event.get("direction", 0) > 0 else "down"
-        return f"jump {arrow} in {event['metric']} at {where}: size {event.get('size'):.3g}"
-    return f"{event['metric']} enters {event.get('phase')} at {where}"
-
-
-# ------------------------------------------------------------------------------ hooks
-
-_NO_FORWARD = (
-    "no training forward pass in a sampled step (forwards in eval mode or under torch.no_grad() "
-    "are not captured: pass track_eval=True to measure them, or layers=[...] to leave this layer "
-    "out; with torch.compile applied after the Tracker was built, pass hooks='permanent')"
-)
-_NO_TENSOR = (
-    "its output (a {}) holds no tensor; pass output_key='<key or attribute>' to name the one to "
-    "measure, or layers=[...] to leave this layer out"
-)
-
-
-class _ActivationHook:
-    """The forward hook of one tracked layer: hand the output to the tracker while it is armed.
-
-    Only ``tracker._armed`` is read before the hand-over, so a ``torch.compile``d model guards on
-    that flag (one compiled variant per value, no recompilation per step) and runs the capture,
-    opaque to the compiler, only on sampled steps. A pickled or deep-copied hook is inert: a model
-    saved or copied while hooks are installed stays picklable and the copy never feeds the tracker.
-    """
-
-    def __init__(self, tracker: Tracker | None, layer: TrackedLayer | None) -> None:
-        self._tracker, self._layer = tracker, layer
-
-    def __call__(self, module: nn.Module, args: Any, output: Any) -> None:
-        tracker = self._tracker
-        if tracker is not None and tracker._armed:
-            tracker._on_forward(self._layer, module, output)
-
-    def __reduce__(self) -> tuple[type, tuple[None, None]]:
-        return (_ActivationHook, (None, None))
-
-
-def _hook_mode(requested: str, model: nn.Module) -> str:
-    """Resolve ``hooks="auto"``: permanent, gated hooks for compiled models, sampled otherwise."""
-    if requested != "auto":
-        return requested
-    return "permanent" if is_compiled(model) else "sampled"
-
-
-def _opaque_to_compiler(function: Any, hook_mode: str) -> Any:
-    """Wrap the capture so ``torch.compile`` calls it as is instead of tracing it (permanent hooks)."""
-    if hook_mode != "permanent":
-        return function
-    return torch.compiler.disable(function)
-
-
-def _own_copy(matrix: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
-    """Return ``matrix``, copied if it shares memory with the layer output.
-
-    A view of the output (``center=False``, float32, no subsample) would keep the whole output
-    alive until the step ends and would see later in-place changes (``ReLU(inplace=True)``).
-    """
-    if matrix.untyped_storage().data_ptr() == output.untyped_storage().data_ptr():
-        return matrix.clone()
-    return matrix
-
-
-@contextlib.contextmanager
-def _autocast_off(device_types: Iterable[str]):
-    """Run the block in the default precision even inside the user's ``torch.autocast``."""
-    with contextlib.ExitStack() as stack:
-        for device_type in device_types:
-            try:
-                stack.enter_context(torch.autocast(device_type, enabled=False))
-            except (RuntimeError, ValueError):  # a device type without autocast
-                pass
-        yield
-
-
-# ------------------------------------------------------------------------------ wiring
-
-
-def _open_writer(log_dir: str | None, run_info: dict[str, Any], flush_secs: float, max_buffer_rows: int):
+def _open_writer(log_dir: str | None, run_info: dict[str, Any], writing: dict[str, Any]):
     from ndtracker import store
 
     if log_dir is None:
         log_dir = time.strftime("runs/ndtracker-%Y%m%d-%H%M%S")
     path = store.validate_log_dir(log_dir)
-    return store.RunWriter(path, run_info=run_info, flush_secs=flush_secs, max_buffer_rows=max_buffer_rows)
-
-
-def _detector_factory(enabled: bool) -> Any:
-    """The online detector class when detection is on (imported now, so a broken install fails
-    at construction), else None."""
-    if not enabled:
-        return None
-    from ndtracker.detect import OnlineDetector
-
-    return OnlineDetector
-
-
-class _StepDetector:
-    """An online detector over one series that reports events in training steps, not indices."""
-
-    def __init__(self, detector: Any, metric: str) -> None:
-        self._detector, self._metric, self._steps = detector, metric, _StepAxis()
-
-    def feed(self, step: int, value: float) -> list[dict[str, Any]]:
-        self._steps.append(step)
-        return [self._row(event) for event in self._detector.update(value)]
-
-    def finish(self) -> list[dict[str, Any]]:
-        return [self._row(event) for event in self._detector.finish()]
-
-    def _row(self, event: Any) -> dict[str, Any]:
-        step = self._steps[event.index]
-        if hasattr(event, "direction"):
-            return {"step": step, "metric": self._metric, "kind": "jump",
-                    "direction": int(event.direction), "size": float(event.size),
-                    "z": float(event.z), "phase": None}  # fmt: skip
-        return {"step": step, "metric": self._metric, "kind": "phase", "direction": None,
-                "size": _optional_float(getattr(event, "change", None)), "z": None,
-                "phase": str(getattr(event, "kind", getattr(event, "phase", "")))}  # fmt: skip
-
-
-class _StepAxis:
-    """The training step of each sample of a series, stored as arithmetic runs.
-
-    Samples are usually evenly spaced, so memory grows with the number of irregularities (a
-    missed sample, a change of cadence), not with the run's length, and any index, however old
-    (a phase change found at ``finish()``), still maps to its step.
-    """
-
-    def __init__(self) -> None:
-        self._runs: list[list[int]] = []  # [first index, first step, stride, count]
-        self._count = 0
-
-    def append(self, step: int) -> None:
-        run = self._runs[-1] if self._runs else None
-        if run is not None and run[3] == 1:
-            run[2], run[3] = step - run[1], 2
-        elif run is not None and step == run[1] + run[2] * run[3]:
-            run[3] += 1
-        else:
-            self._runs.append([self._count, step, 0, 1])
-        self._count += 1
-
-    def __getitem__(self, index: int) -> int:
-        if not 0 <= index < self._count:
-            raise IndexError(f"sample index {index} out of range 0..{self._count - 1}")
-        run = self._runs[bisect.bisect_right(self._runs, [index, math.inf]) - 1]
-        return run[1] + run[2] * (index - run[0])
+    return store.RunWriter(
+        path, run_info=run_info, flush_secs=writing["flush_secs"],
+        max_buffer_rows=writing["max_buffer_rows"],
+    )  # fmt: skip
 
 
 def _user_stacklevel() -> int:
@@ -689,69 +355,3 @@ def _user_stacklevel() -> int:
     while frame is not None and frame.f_code.co_filename.startswith(_INTERNAL_DIRS):
         frame, level = frame.f_back, level + 1
     return level
-
-
-def _optional_float(value: Any) -> float | None:
-    return None if value is None else float(value)
-
-
-# ------------------------------------------------------------------------------ validation
-
-
-def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return value
-
-
-def _non_negative_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
-    return value
-
-
-def _positive_number(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
-    return float(value)
-
-
-def _weight_every(value: int | None, every: int) -> int:
-    if value is None:
-        return every
-    value = _positive_int("weight_every", value)
-    if value % every:
-        raise ValueError(f"weight_every must be a multiple of every={every}, got {value!r}")
-    return value
-
-
-def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
-    return value
-
-
-def _check_metrics(metrics: Sequence[str] | None) -> tuple[str, ...]:
-    if metrics is None:
-        return DEFAULT_METRICS
-    if isinstance(metrics, str):
-        metrics = (metrics,)
-    unknown = [m for m in metrics if m not in METRICS]
-    if unknown or not metrics:
-        raise ValueError(f"metrics must be a non-empty selection of {METRICS}, got {metrics!r}")
-    return tuple(metrics)
-
-
-def _check_spaces(spaces: str | Sequence[str]) -> tuple[str, ...]:
-    chosen = (spaces,) if isinstance(spaces, str) else tuple(spaces)
-    if not chosen or any(s not in SPACES for s in chosen):
-        raise ValueError(f"spaces must be 'activation', 'weight' or both, got {spaces!r}")
-    return chosen
-
-
-def _check_estimator_metrics(estimator: str, metrics: frozenset[str]) -> None:
-    if estimator == "randomized" and spectra.FULL_SPECTRUM & metrics:
-        raise ValueError(
-            f"estimator='randomized' gives stable_rank and participation_ratio only, got metrics "
-            f"{sorted(metrics)}; use estimator='auto' or 'exact' for effective_rank and energy90"
-        )

@@ -58,15 +58,17 @@ def messages(caught) -> list[str]:
 # ------------------------------------------------------------------------------ kills and exceptions
 
 
-def test_sigkill_during_compaction_leaves_readable_logs(tmp_path):
-    """Killed while flushing every 50 ms (16 parts make a compaction): the logs still load."""
+@pytest.mark.parametrize("hooks", ["sampled", "permanent"])
+def test_sigkill_during_compaction_leaves_readable_logs(tmp_path, hooks):
+    """Killed while flushing every 50 ms (16 parts make a compaction): the logs still load, and
+    hold every step up to one flush interval before the kill."""
     progress, run = tmp_path / "progress.txt", tmp_path / "run"
     script = textwrap.dedent(
         f"""
         import time, torch, ndtracker
         model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
         tracker = ndtracker.Tracker(model, every=1, log_dir={str(run)!r}, flush_secs=0.05,
-                                    hooks="permanent")
+                                    hooks={hooks!r})
         step = 0
         while True:
             model(torch.randn(16, 8)).sum().backward()

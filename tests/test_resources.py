@@ -19,7 +19,8 @@ from torch import nn
 
 import ndtracker
 from ndtracker import spectra
-from ndtracker.tracker import Tracker, _StepAxis
+from ndtracker.tracker import Tracker
+from ndtracker.tracker_events import StepAxis as _StepAxis
 
 
 def mlp() -> nn.Module:

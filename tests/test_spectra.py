@@ -297,3 +297,22 @@ def test_centring_does_not_overflow_near_the_float32_limit():
     assert torch.isfinite(matrix).all()
     expected = oracle((beyond - beyond.mean(0)) / 1e300)  # the oracle's squares would overflow
     assert_close_to_oracle(measure(matrix, estimator="exact").tolist(), expected)
+
+
+def test_a_missed_tolerance_is_redone_deeper_then_exactly_and_stays_accurate(monkeypatch):
+    """A stream forced far too shallow misses; the deeper warm retry or the exact redo fixes it."""
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(300, 400, generator=g)
+    x = x - x.mean(0)
+    expected = oracle(x)
+    calls: list[list[str]] = []
+    measure_rows = spectra._measure_rows
+    monkeypatch.setattr(
+        spectra, "_measure_rows", lambda jobs, wide=False: calls.append([j.estimator for j in jobs]) or measure_rows(jobs, wide)
+    )
+    state = StreamingSpectrum(depth=1)
+    table, used = measure_many([Job(x, "randomized", MOMENTS, state)])
+    assert_close_to_oracle(table[0], expected, MOMENTS)
+    assert table[0][4] <= spectra.TOLERANCE and state.fallbacks == 1
+    assert calls[:2] == [["randomized"], ["randomized"]]  # the first run, then the deeper one
+    assert used == (["exact"] if len(calls) == 3 else ["randomized"])

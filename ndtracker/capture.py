@@ -1,0 +1,158 @@
+"""Forward hooks on the tracked layers and the capped float32 copy each keeps of a sampled step.
+
+The hooks are installed only around sampled steps (``hooks="sampled"``) or for good, gated by one
+flag (``hooks="permanent"``, for ``torch.compile``); they never monkeypatch ``forward`` and never
+use global module hooks. A capture never raises into the user's forward: a failure is warned
+about once per layer and the layer skipped for that sample.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from ndtracker import spectra
+from ndtracker.layers import TrackedLayer, first_tensor
+from ndtracker.measurement import full_precision
+from ndtracker.options import Options
+
+Warn = Callable[[str, str, str], None]
+
+NO_TENSOR = (
+    "its output (a {}) holds no tensor; pass output_key='<key or attribute>' to name the one to "
+    "measure, or layers=[...] to leave this layer out"
+)
+
+
+class Capturer:
+    """The hooks of one Tracker and the captures of the sampled step in progress.
+
+    Args:
+        model: The (uncompiled) model, whose training flag counts as the layers' own.
+        layers: The tracked layers; their ``capture`` receives the matrices.
+        options: The Tracker's checked options (``hooks``, ``conv``, ``max_rows``, ``center``,
+            ``track_eval``, ``output_key``, ``seed`` and ``spaces`` are read).
+        warn: ``warn(layer, space, message)``, the Tracker's warn-once.
+    """
+
+    def __init__(
+        self, model: nn.Module, layers: list[TrackedLayer], options: Options, warn: Warn
+    ) -> None:
+        self.armed = False
+        self._model, self._layers, self._options, self._warn = model, layers, options, warn
+        self._handles: list[Any] = []
+        self._generators: dict[torch.device, torch.Generator] = {}
+        self._hooked = "activation" in options.spaces
+        self.on_forward = opaque_to_compiler(self.capture_forward, options.hooks)
+        if options.hooks == "permanent":
+            self.install()
+
+    def arm(self) -> None:
+        """Make the hooks capture during this step (installing them first with sampled hooks)."""
+        self.armed = True
+        if self._options.hooks == "sampled":
+            self.install()
+
+    def disarm(self) -> None:
+        """Stop capturing and drop every capture (removing the hooks with sampled hooks)."""
+        self.armed = False
+        for layer in self._layers:
+            layer.clear()
+        if self._options.hooks == "sampled":
+            self.remove()
+
+    def install(self) -> None:
+        """Register one forward hook per tracked layer (none when activations are not measured)."""
+        if not self._hooked or self._handles:
+            return
+        for layer in self._layers:
+            self._handles.append(layer.module.register_forward_hook(ActivationHook(self, layer)))
+
+    def remove(self) -> None:
+        """Remove every hook this capturer added."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def capture_forward(self, layer: TrackedLayer, module: nn.Module, output: Any) -> None:
+        """Capture this forward's output unless the step already holds a better one (never raises).
+
+        The first training forward wins; with ``track_eval``, an eval or ``no_grad`` forward is
+        kept until a training forward replaces it.
+        """
+        if layer.captured_in_training:
+            return
+        training = torch.is_grad_enabled() and (module.training or self._model.training)
+        if training or (self._options.track_eval and layer.capture is None):
+            self._capture(layer, output, training)
+
+    def _capture(self, layer: TrackedLayer, output: Any, training: bool) -> None:
+        """Keep the layer's output as a capped float32 matrix (never raises)."""
+        try:
+            tensor = first_tensor(output, self._options.output_key)
+            if tensor is None:
+                self._warn(layer.name, "activation", NO_TENSOR.format(type(output).__name__))
+                return
+            with torch.no_grad(), full_precision([tensor.device.type]):
+                layer.capture = own_copy(self._matrix(layer, tensor), tensor)
+            layer.captured_in_training = training
+        except Exception as error:  # a monitor never stops training
+            self._warn(layer.name, "activation", f"capture failed: {error!r}")
+
+    def _matrix(self, layer: TrackedLayer, tensor: torch.Tensor) -> torch.Tensor:
+        options = self._options
+        return spectra.activation_matrix(
+            tensor,
+            channels_first=layer.channels_first,
+            conv=options.conv,  # type: ignore[arg-type]
+            max_rows=options.max_rows,
+            center=options.center,
+            generator=self._generator(tensor.device),
+        )
+
+    def _generator(self, device: torch.device) -> torch.Generator:
+        if device not in self._generators:
+            self._generators[device] = torch.Generator(device=device).manual_seed(self._options.seed)
+        return self._generators[device]
+
+
+class ActivationHook:
+    """The forward hook of one tracked layer: hand the output over while the capturer is armed.
+
+    Only ``capturer.armed`` is read before the hand-over, so a ``torch.compile``d model guards on
+    that flag (one compiled variant per value, no recompilation per step) and runs the capture,
+    opaque to the compiler, only on sampled steps. A pickled or deep-copied hook is inert: a model
+    saved or copied while hooks are installed stays picklable and the copy never feeds the tracker.
+    """
+
+    def __init__(self, capturer: Capturer | None, layer: TrackedLayer | None) -> None:
+        self._capturer, self._layer = capturer, layer
+
+    def __call__(self, module: nn.Module, args: Any, output: Any) -> None:
+        capturer = self._capturer
+        if capturer is not None and capturer.armed:
+            capturer.on_forward(self._layer, module, output)
+
+    def __reduce__(self) -> tuple[type, tuple[None, None]]:
+        return (ActivationHook, (None, None))
+
+
+def opaque_to_compiler(function: Any, hook_mode: str) -> Any:
+    """Wrap the capture so ``torch.compile`` calls it as is instead of tracing it (permanent hooks)."""
+    if hook_mode != "permanent":
+        return function
+    return torch.compiler.disable(function)
+
+
+def own_copy(matrix: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+    """Return ``matrix``, copied if it shares memory with the layer output.
+
+    A view of the output (``center=False``, float32, no subsample) would keep the whole output
+    alive until the step ends and would see later in-place changes (``ReLU(inplace=True)``).
+    """
+    if matrix.untyped_storage().data_ptr() == output.untyped_storage().data_ptr():
+        return matrix.clone()
+    return matrix

@@ -1,0 +1,173 @@
+"""Metrics from a spectrum, and the exact estimator: eigenvalues of the Gram of the smaller side.
+
+The Gram matrix of the smaller side (``XXᵀ`` or ``XᵀX``) has the same non-zero eigenvalues
+λ = σ² as the matrix and is one fast matrix product away (formed from its upper blocks only,
+which saves a quarter to a third of the time from 256 rows up). With ``effective_rank`` or
+``energy90`` asked for, every eigenvalue of the Gram formed in float64 on CPU and CUDA (float32
+elsewhere), because effective rank of rank-deficient matrices is off by up to 5% when float32
+round-off lifts their zero eigenvalues. With the two moment metrics only, the Gram is formed in
+float32 and only its top eigenvalue is read.
+
+No pass over the matrix is spent on scaling or cleaning: a float64 Gram of float32 entries can
+neither overflow nor underflow, and a non-finite entry shows in the Gram's trace (every entry is in
+one diagonal sum of squares), so the finite flag costs nothing; non-finite entries are zeroed in the
+Gram so LAPACK never sees them. A float32 route whose total is not finite or may have underflowed
+reports a NaN error estimate, and is redone in float64.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+METRICS: tuple[str, ...] = ("stable_rank", "participation_ratio", "effective_rank", "energy90")
+FULL_SPECTRUM: frozenset[str] = frozenset({"effective_rank", "energy90"})
+
+# Layout of the vector a measurement returns: the metrics in METRICS order, then these.
+RESULT_FIELDS: tuple[str, ...] = METRICS + ("lambda_error", "finite", "energy")
+
+UNDERFLOW = 1e-30  # a float32 Σλ below this (but not 0) may hide underflowed products: redo exactly
+GRAM_BLOCK_ROWS = 128  # rows per block of a Gram formed from its upper blocks (2-4 blocks, n >= 256)
+
+TINY = torch.finfo(torch.float32).tiny
+
+
+def metrics_from_eigenvalues(eigenvalues: torch.Tensor) -> torch.Tensor:
+    """Compute all four metrics from the eigenvalues λ = σ² of a Gram matrix.
+
+    Args:
+        eigenvalues: 1-D tensor of λ, any order; tiny negatives from round-off are clamped to 0.
+
+    Returns:
+        A float64 tensor (float32 on devices without float64) ``[stable_rank,
+        participation_ratio, effective_rank, energy90]`` on the same device. A zero spectrum gives
+        NaN for all four.
+    """
+    lam = eigenvalues.to(full_spectrum_dtype(eigenvalues.device))
+    lam = lam.clamp_min(0).sort(descending=True).values
+    lam = lam * (lam > lam[0] * _rank_tolerance(eigenvalues))  # round-off is not signal
+    total = lam.sum()
+    sigma = lam.sqrt()
+    p = sigma / sigma.sum()
+    entropy = -torch.special.xlogy(p, p).sum()  # 0 log 0 = 0
+    energy90 = ((torch.cumsum(lam, 0) < 0.9 * total).sum() + 1) * (total / total)  # NaN if zero
+    participation = total.square() / lam.square().sum()
+    return torch.stack([total / lam[0], participation, entropy.exp(), energy90])
+
+
+def _rank_tolerance(eigenvalues: torch.Tensor) -> float:
+    """Relative size under which an eigenvalue of a Gram in this dtype is round-off, not signal."""
+    return eigenvalues.shape[0] * torch.finfo(eigenvalues.dtype).eps
+
+
+def exact_spectrum(matrix: torch.Tensor) -> torch.Tensor:
+    """Return all eigenvalues λ = σ² of ``matrix`` (descending) via the Gram of its smaller side."""
+    gram, _ = gram_matrix(matrix.to(full_spectrum_dtype(matrix.device)))
+    return torch.linalg.eigvalsh(gram).flip(0)
+
+
+def gram_matrix(matrix: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """Form the Gram matrix of the smaller side, ``XXᵀ`` or ``XᵀX``, in the matrix's dtype.
+
+    Args:
+        matrix: 2-D tensor ``(rows, cols)``.
+
+    Returns:
+        The symmetric ``(n, n)`` Gram, ``n = min(rows, cols)``, and whether it is the row side
+        (``XXᵀ``).
+    """
+    row_side = matrix.shape[0] <= matrix.shape[1]
+    return symmetric_product(matrix if row_side else matrix.T), row_side
+
+
+def symmetric_product(a: torch.Tensor) -> torch.Tensor:
+    """Return ``a @ a.T``, computing only its upper blocks when ``a`` is long enough to pay off.
+
+    A plain ``a @ a.T`` computes both triangles; with ``k`` row blocks only ``k(k+1)/2`` of the
+    ``k²`` block products are needed (10% less time on CPU at 256 rows, 25-33% from 512 up).
+    """
+    blocks = min(a.shape[0] // GRAM_BLOCK_ROWS, 4)
+    if blocks < 2:
+        return a @ a.T
+    parts = a.chunk(blocks)
+    upper = {(i, j): parts[i] @ parts[j].T for i in range(blocks) for j in range(i, blocks)}
+    rows = [
+        torch.cat([upper[i, j] if j >= i else upper[j, i].T for j in range(blocks)], dim=1)
+        for i in range(blocks)
+    ]
+    return torch.cat(rows, dim=0)
+
+
+def full_spectrum_dtype(device: torch.device) -> torch.dtype:
+    """Float64 where the device has it (CPU, CUDA), float32 elsewhere (MPS has no float64)."""
+    return torch.float64 if device.type in ("cpu", "cuda") else torch.float32
+
+
+def empty_row(x: torch.Tensor) -> torch.Tensor:
+    """The result row of a matrix with no rows or no columns: NaN metrics, finite, zero energy."""
+    nan = x.new_full((), math.nan, dtype=full_spectrum_dtype(x.device))
+    zero, one = torch.zeros_like(nan), torch.ones_like(nan)
+    return torch.stack([nan, nan, nan, nan, zero, one, zero])
+
+
+def exact_row(
+    x: torch.Tensor, metrics: frozenset[str] | set[str], wide: bool = False
+) -> torch.Tensor:
+    """Measure from Gram eigenvalues: all of them in float64 for a full-spectrum metric (or
+    ``wide``), else λ₁ of the float32 Gram (Σλ and Σλ² come from the Gram itself)."""
+    if wide or FULL_SPECTRUM & set(metrics):
+        return _exact_wide(x, metrics)
+    return _exact_moments(x, metrics)
+
+
+def _exact_wide(x: torch.Tensor, metrics: frozenset[str] | set[str]) -> torch.Tensor:
+    """Every eigenvalue of the float64 Gram, every metric from them.
+
+    No scaling pass: a float64 Gram of float32 entries can neither overflow nor underflow, and a
+    non-finite entry shows in the trace (every entry is in one diagonal sum of squares), which
+    gives the finite flag for free; non-finite entries are zeroed in the Gram so LAPACK never sees
+    them. Devices without float64 (MPS) scale the matrix to magnitude 1 first.
+    """
+    dtype = full_spectrum_dtype(x.device)
+    gram, _ = gram_matrix(x.to(dtype) if dtype == torch.float64 else _scaled(x))
+    energy = torch.trace(gram)
+    values = metrics_from_eigenvalues(torch.linalg.eigvalsh(gram.nan_to_num(0.0, 0.0, 0.0)))
+    if set(metrics) != set(METRICS):  # NaN for the metrics not asked for
+        keep = [1.0 if m in metrics else math.nan for m in METRICS]
+        values = values * torch.tensor(keep, dtype=values.dtype, device=values.device)
+    extra = torch.stack([torch.zeros_like(energy), torch.isfinite(energy).to(dtype), energy])
+    return torch.cat([values, extra])
+
+
+def _exact_moments(x: torch.Tensor, metrics: frozenset[str] | set[str]) -> torch.Tensor:
+    """Stable rank and participation ratio from a float32 Gram and its top eigenvalue.
+
+    Float32 is plenty for λ₁, Σλ and Σλ² (it is not for the small eigenvalues that effective rank
+    weighs), and costs half as much on CPU, far less on GPUs with slow float64. As on the
+    randomized route, a total that is not finite or may have underflowed sets the error estimate
+    to NaN, and :func:`measure_many` redoes the matrix in float64.
+    """
+    dtype = full_spectrum_dtype(x.device)
+    gram, _ = gram_matrix(x)
+    total = torch.trace(gram).to(dtype)
+    top = torch.linalg.eigvalsh(gram.to(dtype).nan_to_num(0.0, 0.0, 0.0))[-1]
+    nan = torch.full_like(total, math.nan)
+    stable = total / top if "stable_rank" in metrics else nan
+    participation = nan
+    if "participation_ratio" in metrics:
+        participation = total.square() / gram.square().sum().to(dtype)
+    error = torch.where(trusted(total), torch.zeros_like(total), nan)
+    finite = torch.isfinite(total).to(dtype)
+    return torch.stack([stable, participation, nan, nan, error, finite, total])
+
+
+def trusted(total: torch.Tensor) -> torch.Tensor:
+    """Whether a float32 route's Σλ is finite and not small enough to hide underflowed products."""
+    return torch.isfinite(total) & ((total > UNDERFLOW) | (total == 0))
+
+
+def _scaled(x: torch.Tensor) -> torch.Tensor:
+    """``x`` over its largest magnitude (all metrics are scale invariant), for float32 Grams."""
+    return x / x.abs().amax().clamp_min(TINY)
+

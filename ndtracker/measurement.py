@@ -1,0 +1,171 @@
+"""Measure one sampled step: the captures and weights of the tracked layers to logged rows.
+
+All matrices of a sample are measured in one batch with one host transfer
+(:func:`ndtracker.spectra.measure_many`); if the batch fails, job by job, so one bad matrix costs
+one row. Nothing here raises over a measurement: a failure is a NaN row with a ``status``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import torch
+
+from ndtracker import spectra
+from ndtracker.layers import TrackedLayer
+from ndtracker.options import Options
+from ndtracker.spectra import METRICS, Job, StreamingSpectrum
+
+Warn = Callable[[str, str, str], None]
+Key = tuple[str, str, int]  # (layer, space, index of its job)
+
+NO_FORWARD = (
+    "no training forward pass in a sampled step (forwards in eval mode or under torch.no_grad() "
+    "are not captured: pass track_eval=True to measure them, or layers=[...] to leave this layer "
+    "out; with torch.compile applied after the Tracker was built, pass hooks='permanent')"
+)
+
+
+def sample_jobs(
+    layers: list[TrackedLayer], options: Options, with_weights: bool, warn: Warn
+) -> tuple[list[Job], list[Key]]:
+    """The matrices to measure, and per row to log: (layer, space, index of its job).
+
+    A weight shared by several layers (tied embeddings) is measured once, logged under each.
+    A layer with no capture while activations are measured is warned about (once).
+    """
+    jobs: list[Job] = []
+    keys: list[Key] = []
+    weight_jobs: dict[int, int] = {}
+    weights: list[torch.Tensor] = []  # parametrized weights are new tensors at each access
+    for layer in layers:
+        if layer.capture is not None:
+            keys.append((layer.name, "activation", len(jobs)))
+            jobs.append(_job(layer, "activation", layer.capture, options))
+        elif "activation" in options.spaces:
+            warn(layer.name, "activation", NO_FORWARD)
+        weight = layer.weight if with_weights else None
+        if weight is None:
+            continue
+        if id(weight) not in weight_jobs:  # `weights` keeps each alive, so ids stay unique
+            weight_jobs[id(weight)] = len(jobs)
+            weights.append(weight)
+            jobs.append(_job(layer, "weight", spectra.weight_matrix(weight), options))
+        keys.append((layer.name, "weight", weight_jobs[id(weight)]))
+    return jobs, keys
+
+
+def _job(layer: TrackedLayer, space: str, matrix: torch.Tensor, options: Options) -> Job:
+    state = layer.streams.setdefault(space, StreamingSpectrum())
+    estimator = spectra.choose_estimator(tuple(matrix.shape), options.metrics, options.estimator)
+    return Job(matrix, estimator, options.metrics, state)
+
+
+def measure_jobs(jobs: list[Job], keys: list[Key], warn: Warn):
+    """All jobs in one batch; if the batch fails, job by job so one bad matrix costs one row.
+
+    Returns:
+        Per job its result row (:data:`ndtracker.spectra.RESULT_FIELDS`, or None if it failed)
+        and the estimator it used.
+    """
+    with torch.no_grad(), full_precision({job.matrix.device.type for job in jobs}):
+        try:
+            return spectra.measure_many(jobs)
+        except Exception:
+            return _measure_one_by_one(jobs, {i: (name, space) for name, space, i in keys}, warn)
+
+
+def _measure_one_by_one(jobs: list[Job], owners: dict[int, tuple[str, str]], warn: Warn):
+    table: list[list[float] | None] = []
+    used: list[str] = []
+    for index, job in enumerate(jobs):
+        try:
+            result, estimator = spectra.measure_many([job])
+            table.append(result[0]), used.append(estimator[0])
+        except Exception as error:
+            warn(*owners[index], f"measurement failed: {error!r}")
+            table.append(None), used.append(job.estimator)
+    return table, used
+
+
+def log_row(
+    step: int, key: tuple[str, str], job: Job, result: list[float] | None, estimator: str,
+    metrics: frozenset[str], warn: Warn,
+) -> dict[str, Any]:  # fmt: skip
+    """The logged row of one (layer, space) of a sample, without ``loss`` and ``wall_time``.
+
+    A row whose metrics are NaN for a reason other than an empty or all-zero matrix is warned
+    about (once per layer and space).
+    """
+    rows, cols = job.matrix.shape
+    values, status = values_and_status(result, rows, cols)
+    if status not in ("ok", "zero", "empty"):
+        warn(*key, f"metrics are NaN at step {step} ({status})")
+    row: dict[str, Any] = {"step": step, "layer": key[0], "space": key[1], "rows": rows, "cols": cols}
+    for name, value in zip(METRICS, values):
+        row[name] = metric_cell(name, value, name in metrics)
+    row.update(estimator=estimator, status=status)
+    return row
+
+
+def values_and_status(result: list[float] | None, rows: int, cols: int):
+    """The four metric values of a result row and its ``status`` (NaN metrics unless ``ok``)."""
+    if result is None:
+        return [math.nan] * 4, "failed"
+    values, finite, energy = result[:4], result[5], result[6]
+    if rows == 0 or cols == 0:
+        return [math.nan] * 4, "empty"
+    if finite < 1:
+        return [math.nan] * 4, "nonfinite"
+    if not energy > 0:
+        return [math.nan] * 4, "zero"
+    return values, "ok"
+
+
+def metric_cell(name: str, value: float, computed: bool) -> float | int | None:
+    """A metric's logged cell: None when not computed; ``energy90`` as an int (None for NaN)."""
+    if not computed:
+        return None
+    if name == "energy90":
+        return None if math.isnan(value) else int(round(value))
+    return value
+
+
+def loss_value(loss: float | torch.Tensor | None) -> float | None:
+    """The loss as a float (a tensor is read here, on sampled steps only), or None."""
+    if loss is None:
+        return None
+    try:
+        return float(loss.detach().float().item() if isinstance(loss, torch.Tensor) else loss)
+    except (TypeError, ValueError, RuntimeError):
+        return None
+
+
+@contextlib.contextmanager
+def full_precision(device_types: Iterable[str]) -> Iterator[None]:
+    """Run the block in full float32 precision whatever the user's loop set.
+
+    Inside the user's ``torch.autocast`` it is switched off for the block (only where it is on:
+    entering an autocast context costs more than the check); reduced-precision float32 matmuls
+    (TF32 on CUDA, bfloat16 passes on CPU, as ``torch.set_float32_matmul_precision("high")`` or
+    ``"medium"`` allow) are switched off for the block and restored after it.
+    """
+    with contextlib.ExitStack() as stack:
+        for device_type in device_types:
+            if _autocast_on(device_type):
+                stack.enter_context(torch.autocast(device_type, enabled=False))
+        precision = torch.get_float32_matmul_precision()
+        if precision != "highest":
+            torch.set_float32_matmul_precision("highest")
+            stack.callback(torch.set_float32_matmul_precision, precision)
+        yield
+
+
+def _autocast_on(device_type: str) -> bool:
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except (RuntimeError, ValueError, TypeError):  # a device type without autocast
+        return False

@@ -1,0 +1,165 @@
+"""The Tracker's options: checked once, at construction, into one frozen record.
+
+Every check raises with what was passed and what was expected (STYLE rule 5 and 6), so a bad
+option never surfaces at step 10 000.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from ndtracker import spectra
+from ndtracker.layers import is_compiled
+from ndtracker.spectra import METRICS
+
+SPACES: tuple[str, ...] = ("activation", "weight")
+HOOK_MODES: tuple[str, ...] = ("auto", "sampled", "permanent")
+CONV_LAYOUTS: tuple[str, ...] = ("channel", "sample")
+DEFAULT_MAX_BUFFER_ROWS = 200_000
+DEFAULT_METRICS: tuple[str, ...] = ("stable_rank", "participation_ratio")
+
+
+@dataclass(frozen=True)
+class Options:
+    """The checked measurement options of a Tracker (see :class:`ndtracker.Tracker` for each)."""
+
+    every: int
+    weight_every: int
+    metrics: frozenset[str]
+    spaces: tuple[str, ...]
+    estimator: str
+    conv: str
+    hooks: str
+    max_rows: int | None
+    center: bool
+    track_eval: bool
+    output_key: str | None
+    seed: int
+
+    def weights_at(self, step: int) -> bool:
+        """Whether weights are measured at ``step`` (a sampled step)."""
+        return "weight" in self.spaces and step % self.weight_every == 0
+
+    def as_dict(self) -> dict[str, Any]:
+        """The options as JSON-ready values, metrics in :data:`METRICS` order, for ``run.json``."""
+        return {
+            "every": self.every, "weight_every": self.weight_every,
+            "metrics": [m for m in METRICS if m in self.metrics], "spaces": list(self.spaces),
+            "estimator": self.estimator, "conv": self.conv, "max_rows": self.max_rows,
+            "center": self.center, "track_eval": self.track_eval, "hooks": self.hooks,
+            "seed": self.seed,
+        }  # fmt: skip
+
+
+def check_options(model: nn.Module, **given: Any) -> Options:
+    """Check the Tracker's measurement options and resolve their defaults.
+
+    Args:
+        model: The model as the user passed it (a compiled one picks permanent hooks).
+        **given: ``every``, ``weight_every``, ``metrics``, ``spaces``, ``estimator``, ``conv``,
+            ``hooks``, ``max_rows``, ``center``, ``track_eval``, ``output_key`` and ``seed``, as
+            passed to the Tracker.
+
+    Returns:
+        The checked :class:`Options`.
+
+    Raises:
+        ValueError: If an option is out of range or an unknown choice.
+    """
+    every = positive_int("every", given["every"])
+    metrics = frozenset(check_metrics(given["metrics"]))
+    estimator = check_choice("estimator", given["estimator"], ("auto",) + spectra.ESTIMATORS)
+    check_estimator_metrics(estimator, metrics)
+    max_rows = given["max_rows"]
+    return Options(
+        every=every,
+        weight_every=check_weight_every(given["weight_every"], every),
+        metrics=metrics,
+        spaces=check_spaces(given["spaces"]),
+        estimator=estimator,
+        conv=check_choice("conv", given["conv"], CONV_LAYOUTS),
+        hooks=hook_mode(check_choice("hooks", given["hooks"], HOOK_MODES), model),
+        max_rows=None if max_rows is None else positive_int("max_rows", max_rows),
+        center=bool(given["center"]),
+        track_eval=bool(given["track_eval"]),
+        output_key=given["output_key"],
+        seed=int(given["seed"]),
+    )
+
+
+def hook_mode(requested: str, model: nn.Module) -> str:
+    """Resolve ``hooks="auto"``: permanent, gated hooks for compiled models, sampled otherwise."""
+    if requested != "auto":
+        return requested
+    return "permanent" if is_compiled(model) else "sampled"
+
+
+def positive_int(name: str, value: Any) -> int:
+    """``value`` if it is an int >= 1 (not a bool), else a ValueError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def non_negative_int(name: str, value: Any) -> int:
+    """``value`` if it is an int >= 0 (not a bool), else a ValueError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+    return value
+
+
+def positive_seconds(name: str, value: Any) -> float:
+    """``value`` as a float if it is a number > 0, else a ValueError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+    return float(value)
+
+
+def check_weight_every(value: int | None, every: int) -> int:
+    """``weight_every``, defaulting to ``every``; it must be a multiple of ``every``."""
+    if value is None:
+        return every
+    value = positive_int("weight_every", value)
+    if value % every:
+        raise ValueError(f"weight_every must be a multiple of every={every}, got {value!r}")
+    return value
+
+
+def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
+    """``value`` if it is one of ``choices``, else a ValueError listing them."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+    return value
+
+
+def check_metrics(metrics: Sequence[str] | None) -> tuple[str, ...]:
+    """The metric names asked for (:data:`DEFAULT_METRICS` for None); a name alone is allowed."""
+    if metrics is None:
+        return DEFAULT_METRICS
+    if isinstance(metrics, str):
+        metrics = (metrics,)
+    unknown = [m for m in metrics if m not in METRICS]
+    if unknown or not metrics:
+        raise ValueError(f"metrics must be a non-empty selection of {METRICS}, got {metrics!r}")
+    return tuple(metrics)
+
+
+def check_spaces(spaces: str | Sequence[str]) -> tuple[str, ...]:
+    """The spaces to measure, ``"activation"``, ``"weight"`` or both."""
+    chosen = (spaces,) if isinstance(spaces, str) else tuple(spaces)
+    if not chosen or any(s not in SPACES for s in chosen):
+        raise ValueError(f"spaces must be 'activation', 'weight' or both, got {spaces!r}")
+    return chosen
+
+
+def check_estimator_metrics(estimator: str, metrics: frozenset[str]) -> None:
+    """Refuse ``estimator="randomized"`` with a full-spectrum metric (it gives the moments only)."""
+    if estimator == "randomized" and spectra.FULL_SPECTRUM & metrics:
+        raise ValueError(
+            f"estimator='randomized' gives stable_rank and participation_ratio only, got metrics "
+            f"{sorted(metrics)}; use estimator='auto' or 'exact' for effective_rank and energy90"
+        )

@@ -1,0 +1,163 @@
+"""Online jump and phase detection over the logged series, reported in training steps.
+
+One :class:`ndtracker.detect.OnlineDetector` per (layer, space) series of ``stable_rank``, fed one
+value per sample. The detectors' periodic recomputations are staggered (each series gets its own
+``stride``) so that they do not all fall on the same training step. A detector that fails is
+dropped and warned about once; logging goes on.
+"""
+
+from __future__ import annotations
+
+import bisect
+import inspect
+import math
+from collections.abc import Callable
+from typing import Any
+
+Warn = Callable[[str, str, str], None]
+
+METRIC = "stable_rank"  # the series the online detector watches
+BASE_STRIDE = 512  # values between two recomputations (OnlineDetector's default, 8 * max_window)
+STRIDE_STAGGER = 7  # each further series recomputes this many values later than the one before
+STAGGER_SLOTS = 64  # strides cycle after this many series, so none waits much longer than the base
+
+
+def detector_factory(enabled: bool) -> Any:
+    """The online detector class when detection is on, else None.
+
+    Imported now, so a broken install fails at construction, not at the first sample.
+    """
+    if not enabled:
+        return None
+    from ndtracker.detect import OnlineDetector
+
+    return OnlineDetector
+
+
+class SeriesDetectors:
+    """One online detector per (layer, space) series, made at the series' first row.
+
+    Args:
+        factory: The detector class (called with keyword options), or None for no detection.
+        warn: ``warn(layer, space, message)``, the Tracker's warn-once.
+    """
+
+    def __init__(self, factory: Any, warn: Warn) -> None:
+        self._factory, self._warn = factory, warn
+        self._staggered = factory is not None and _takes_stride(factory)
+        self._detectors: dict[tuple[str, str], StepDetector | None] = {}
+
+    def feed(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Feed each row's value to its series' detector; the events that became final."""
+        events: list[dict[str, Any]] = []
+        for row in rows if self._factory is not None else []:
+            key = (row["layer"], row["space"])
+            events += [_located(event, key) for event in self._feed(key, row)]
+        return events
+
+    def finish(self) -> list[dict[str, Any]]:
+        """End every series; the events still pending (phase changes found at the end)."""
+        events: list[dict[str, Any]] = []
+        for key, detector in self._detectors.items():
+            if detector is not None:
+                events += [_located(event, key) for event in detector.finish()]
+        return events
+
+    def _feed(self, key: tuple[str, str], row: dict[str, Any]) -> list[dict[str, Any]]:
+        """Feed the series' detector; one that fails is dropped and warned about once."""
+        if key not in self._detectors:
+            self._detectors[key] = StepDetector(self._new_detector(), METRIC)
+        detector = self._detectors[key]
+        value = math.nan if row[METRIC] is None else row[METRIC]
+        try:
+            return [] if detector is None else detector.feed(row["step"], value)
+        except Exception as error:
+            self._detectors[key] = None
+            self._warn(*key, f"online detection stopped: {error!r}")
+            return []
+
+    def _new_detector(self) -> Any:
+        if not self._staggered:
+            return self._factory()
+        slot = len(self._detectors) % STAGGER_SLOTS
+        return self._factory(stride=BASE_STRIDE + STRIDE_STAGGER * slot)
+
+
+def _takes_stride(factory: Any) -> bool:
+    try:
+        return "stride" in inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _located(event: dict[str, Any], key: tuple[str, str]) -> dict[str, Any]:
+    return {**event, "layer": key[0], "space": key[1]}
+
+
+class StepDetector:
+    """An online detector over one series that reports events in training steps, not indices."""
+
+    def __init__(self, detector: Any, metric: str) -> None:
+        self._detector, self._metric, self._steps = detector, metric, StepAxis()
+
+    def feed(self, step: int, value: float) -> list[dict[str, Any]]:
+        """Feed the value sampled at ``step``; the events that became final, as event rows."""
+        self._steps.append(step)
+        return [self._row(event) for event in self._detector.update(value)]
+
+    def finish(self) -> list[dict[str, Any]]:
+        """End the series; its remaining events, as event rows."""
+        return [self._row(event) for event in self._detector.finish()]
+
+    def _row(self, event: Any) -> dict[str, Any]:
+        step = self._steps[event.index]
+        if hasattr(event, "direction"):
+            return {"step": step, "metric": self._metric, "kind": "jump",
+                    "direction": int(event.direction), "size": float(event.size),
+                    "z": float(event.z), "phase": None}  # fmt: skip
+        return {"step": step, "metric": self._metric, "kind": "phase", "direction": None,
+                "size": _optional_float(getattr(event, "change", None)), "z": None,
+                "phase": str(getattr(event, "kind", getattr(event, "phase", "")))}  # fmt: skip
+
+
+class StepAxis:
+    """The training step of each sample of a series, stored as arithmetic runs.
+
+    Samples are usually evenly spaced, so memory grows with the number of irregularities (a
+    missed sample, a change of cadence), not with the run's length, and any index, however old
+    (a phase change found at ``finish()``), still maps to its step.
+    """
+
+    def __init__(self) -> None:
+        self._runs: list[list[int]] = []  # [first index, first step, stride, count]
+        self._count = 0
+
+    def append(self, step: int) -> None:
+        """Record the step of the next sample."""
+        run = self._runs[-1] if self._runs else None
+        if run is not None and run[3] == 1:
+            run[2], run[3] = step - run[1], 2
+        elif run is not None and step == run[1] + run[2] * run[3]:
+            run[3] += 1
+        else:
+            self._runs.append([self._count, step, 0, 1])
+        self._count += 1
+
+    def __getitem__(self, index: int) -> int:
+        if not 0 <= index < self._count:
+            raise IndexError(f"sample index {index} out of range 0..{self._count - 1}")
+        run = self._runs[bisect.bisect_right(self._runs, [index, math.inf]) - 1]
+        return run[1] + run[2] * (index - run[0])
+
+
+def describe_event(event: dict[str, Any]) -> str:
+    """One log line for an event row."""
+    where = f"{event['layer']} ({event['space']}) step {event['step']}"
+    if event["kind"] == "jump":
+        arrow = "up" if event.get("direction", 0) > 0 else "down"
+        return f"jump {arrow} in {event['metric']} at {where}: size {event.get('size'):.3g}"
+    return f"{event['metric']} enters {event.get('phase')} at {where}"
+
+
+def _optional_float(value: Any) -> float | None:
+    return None if value is None else float(value)
