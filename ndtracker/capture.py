@@ -31,7 +31,7 @@ class Capturer:
     """The hooks of one Tracker and the captures of the sampled step in progress.
 
     Args:
-        model: The (uncompiled) model, whose training flag counts as the layers' own.
+        model: The (unwrapped) model, whose training flag counts as the layers' own.
         layers: The tracked layers; their ``capture`` receives the matrices.
         options: The Tracker's checked options (``hooks``, ``conv``, ``max_rows``, ``center``,
             ``track_eval``, ``output_key``, ``seed`` and ``spaces`` are read).

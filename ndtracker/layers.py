@@ -234,14 +234,22 @@ def _first_of(items: Iterable[Any]) -> torch.Tensor | None:
 # ------------------------------------------------------------------------------ compiled models
 
 
-def uncompiled(model: nn.Module) -> nn.Module:
-    """The module a ``torch.compile(model)`` wrapper holds, or ``model`` itself.
+def unwrapped(model: nn.Module) -> nn.Module:
+    """The user's own model inside ``torch.compile`` and (Distributed)DataParallel wrappers.
 
-    Layer names then read as in the user's own model (no ``_orig_mod.`` prefix); the hooks go on
-    the same module objects either way.
+    Layer names then read as in the user's model (no ``_orig_mod.`` or ``module.`` prefix), the
+    same with and without the wrappers; the hooks go on the same module objects either way.
     """
-    inner = getattr(model, "_orig_mod", None)
-    return inner if type(model).__name__ == "OptimizedModule" and isinstance(inner, nn.Module) else model
+    while True:
+        inner = getattr(model, "_orig_mod", None) if type(model).__name__ == "OptimizedModule" else None
+        if inner is None and isinstance(model, _PARALLEL_WRAPPERS):
+            inner = model.module
+        if not isinstance(inner, nn.Module):
+            return model
+        model = inner
+
+
+_PARALLEL_WRAPPERS = (nn.DataParallel, nn.parallel.DistributedDataParallel)
 
 
 def is_compiled(model: nn.Module) -> bool:

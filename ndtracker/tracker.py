@@ -22,7 +22,7 @@ from torch import nn
 
 from ndtracker import spectra
 from ndtracker.capture import ActivationHook, Capturer
-from ndtracker.layers import DEFAULT_MAX_LAYERS, LayerSpec, select_layers, uncompiled
+from ndtracker.layers import DEFAULT_MAX_LAYERS, LayerSpec, select_layers, unwrapped
 from ndtracker.measurement import log_row, loss_value, measure_jobs, sample_jobs
 from ndtracker.options import (
     DEFAULT_MAX_BUFFER_ROWS, DEFAULT_METRICS, HOOK_MODES, SPACES, check_options, non_negative_int,
@@ -186,7 +186,7 @@ class Tracker:
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        self._model = uncompiled(model)
+        self._model = unwrapped(model)
         self._options = check_options(
             model, every=every, weight_every=weight_every, metrics=metrics, spaces=spaces,
             estimator=estimator, conv=conv, hooks=hooks, max_rows=max_rows, center=center,

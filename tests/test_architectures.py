@@ -442,6 +442,30 @@ def test_lazy_modules_and_parametrized_weights(tmp_path):
     assert_all_ok(tracker, df)
 
 
+def test_data_parallel_wrappers_are_tracked_under_the_model_s_own_names(tmp_path):
+    torch.manual_seed(0)
+    bare_tracker, bare = train(mlp(), lambda: torch.randn(B, 12), tmp_path / "bare")
+    wrapped_tracker, wrapped = train(nn.DataParallel(mlp()), lambda: torch.randn(B, 12), tmp_path / "dp")
+    assert wrapped_tracker.layers == bare_tracker.layers == ["0", "2", "4"]
+    assert wrapped[["step", "layer", "space", "rows", "cols"]].equals(bare[["step", "layer", "space", "rows", "cols"]])
+
+
+def test_distributed_data_parallel_on_one_process(tmp_path):
+    import torch.distributed as dist
+
+    if not dist.is_available():  # pragma: no cover
+        pytest.skip("torch.distributed is not available")
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        model = mlp()
+        tracker, df = train(nn.parallel.DistributedDataParallel(model), lambda: torch.randn(B, 12), tmp_path / "a")
+    finally:
+        dist.destroy_process_group()
+    assert tracker.layers == ["0", "2", "4"]
+    assert_all_ok(tracker, df)
+    assert hook_count(model) == 0
+
+
 def test_more_than_200_layers_are_capped_evenly(tmp_path):
     deep = nn.Sequential(*[nn.Sequential(nn.Linear(4, 4, bias=False), nn.Tanh()) for _ in range(210)])
     for block in deep:
