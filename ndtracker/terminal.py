@@ -172,8 +172,11 @@ def _arrow(direction: str) -> str:
 
 
 def comparison_view(comparison: Comparison) -> RenderableType:
-    """Return the terminal view of a comparison: one line per run, then the table."""
-    return Group(*(Text(line) for line in comparison_lines(comparison)), _compare_table(comparison))
+    """Return the terminal view of a comparison: one line per run, then a table per space."""
+    lines = [Text(line) for line in comparison_lines(comparison)]
+    spaces = comparison.table["space"].unique()
+    tables = [part for space in spaces for part in (Text(""), _compare_table(comparison, space))]
+    return Group(*lines, *tables)
 
 
 def comparison_lines(comparison: Comparison) -> list[str]:
@@ -185,19 +188,20 @@ def comparison_lines(comparison: Comparison) -> list[str]:
     return lines
 
 
-def _compare_table(comparison: Comparison) -> Table:
+def _compare_table(comparison: Comparison, space: str) -> Table:
     legend = ", ".join(f"{glyph} {kind}" for kind, glyph in PHASE_GLYPHS.items())
-    table = Table(title=f"{comparison.a.metric}: A vs B", title_justify="left", caption=legend)
-    table.add_column("layer", overflow="fold")
-    table.add_column("space")
-    for name in ("A first", "A last", "B first", "B last"):
-        table.add_column(name, justify="right")
-    table.add_column("A phases", overflow="fold")
-    table.add_column("B phases", overflow="fold")
-    for row in comparison.table.itertuples(index=False):
+    rows = comparison.table[comparison.table["space"] == space]
+    title = f"{space} space: {comparison.a.metric}, A vs B"
+    table = Table(title=title, title_justify="left", caption=legend)
+    widest = max((len(display_name(name)) for name in rows.layer), default=5)
+    table.add_column("layer", overflow="fold", min_width=min(widest, 24))
+    for name in ("A\nfirst", "A\nlast", "B\nfirst", "B\nlast"):
+        table.add_column(name, justify="right", no_wrap=True)
+    table.add_column("A\nphases", overflow="fold")
+    table.add_column("B\nphases", overflow="fold")
+    for row in rows.itertuples(index=False):
         numbers = [number(v) for v in (row.first_a, row.last_a, row.first_b, row.last_b)]
-        glyphs = [_glyphs(row.phases_a), _glyphs(row.phases_b)]
-        table.add_row(display_name(row.layer), row.space, *numbers, *glyphs)
+        table.add_row(display_name(row.layer), *numbers, _glyphs(row.phases_a), _glyphs(row.phases_b))
     return table
 
 

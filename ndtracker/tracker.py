@@ -238,7 +238,10 @@ class Tracker:
             loss: The step's loss (float, 0-d tensor or None). A tensor is read only on sampled
                 steps.
         """
-        if self._capturer.armed:
+        if self._closed:
+            self._warn_once("*", "closed", "step() after close() measures and logs nothing; build a new "
+                            "Tracker (start_step= continues the step axis)")  # fmt: skip
+        elif self._capturer.armed:
             self._finish_sample(loss)
         self._step += 1
         if self._is_sampled(self._step) and not self._closed:

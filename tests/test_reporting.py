@@ -330,6 +330,19 @@ def test_compare_overlays_the_common_layers(tmp_path):
     assert page.count("<svg") == 3 and "extra" not in page and not EXTERNAL.search(page.split("<svg")[0])
 
 
+def test_compare_fits_80_columns_with_every_layer_whole(tmp_path):
+    long_names = ("encoder.layers.0.self_attn", "encoder.layers.11.linear2", "head")
+    write_run(tmp_path / "a", layers=long_names)
+    write_run(tmp_path / "b", layers=long_names)
+    console = Console(file=io.StringIO(), width=80, color_system=None)
+    reporting.compare(tmp_path / "a", tmp_path / "b").render(console)
+    text = console.file.getvalue()
+    assert max(len(line) for line in text.splitlines()) <= 80
+    assert "activation space" in text and "weight space" in text
+    assert all(text.count(name) == 2 for name in long_names)  # one row per space, never folded
+    assert text.count("phases") == 4  # both runs' phase columns in both tables
+
+
 def test_compare_without_common_layers(tmp_path):
     write_run(tmp_path / "a", layers=("encoder.0",))
     write_run(tmp_path / "b", layers=("head",))

@@ -286,3 +286,18 @@ def test_series_detectors_recompute_on_staggered_strides():
             for name in "abc" for space in ("activation", "weight")]  # fmt: skip
     assert detectors.feed(rows) == []
     assert made[0] == BASE_STRIDE and len(set(made)) == len(rows)
+
+
+def test_step_after_close_warns_once_and_logs_nothing(tmp_path):
+    model = mlp()
+    tracker = Tracker(model, every=1, log_dir=str(tmp_path), detect=False)
+    model(torch.randn(4, 12)).sum().backward()
+    tracker.step()
+    tracker.close()
+    with pytest.warns(RuntimeWarning, match=r"step\(\) after close\(\) measures and logs nothing"):
+        tracker.step()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model(torch.randn(4, 12)).sum().backward()
+        tracker.step()
+    assert sorted(ndtracker.load(tmp_path).step.unique()) == [0]
