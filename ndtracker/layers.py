@@ -3,7 +3,7 @@
 Layer selection (``layers=``), the default choice of modules, the cap with even spacing over depth,
 the weight matrix of each module type (looked up at each sample: tied, replaced, parametrized and
 lazy weights included), the tensor to measure in tuple, dict, dataclass, ``PackedSequence`` and
-other outputs, and how to see through a ``torch.compile`` wrapper.
+other outputs, and how to see through ``torch.compile`` and data-parallel wrappers.
 """
 
 from __future__ import annotations
@@ -231,7 +231,9 @@ def _first_of(items: Iterable[Any]) -> torch.Tensor | None:
     return None
 
 
-# ------------------------------------------------------------------------------ compiled models
+# ------------------------------------------------------------------------------ wrappers
+
+_PARALLEL_WRAPPERS = (nn.DataParallel, nn.parallel.DistributedDataParallel)
 
 
 def unwrapped(model: nn.Module) -> nn.Module:
@@ -247,9 +249,6 @@ def unwrapped(model: nn.Module) -> nn.Module:
         if not isinstance(inner, nn.Module):
             return model
         model = inner
-
-
-_PARALLEL_WRAPPERS = (nn.DataParallel, nn.parallel.DistributedDataParallel)
 
 
 def is_compiled(model: nn.Module) -> bool:

@@ -84,10 +84,11 @@ def _measure_one_by_one(jobs: list[Job], owners: dict[int, tuple[str, str]], war
     for index, job in enumerate(jobs):
         try:
             result, estimator = spectra.measure_many([job])
-            table.append(result[0]), used.append(estimator[0])
         except Exception as error:
             warn(*owners[index], f"measurement failed: {error!r}")
-            table.append(None), used.append(job.estimator)
+            result, estimator = [None], [job.estimator]
+        table.append(result[0])
+        used.append(estimator[0])
     return table, used
 
 

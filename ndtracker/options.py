@@ -13,6 +13,7 @@ from typing import Any
 from torch import nn
 
 from ndtracker import spectra
+from ndtracker.checks import positive_int
 from ndtracker.layers import is_compiled
 from ndtracker.spectra import METRICS
 
@@ -96,27 +97,6 @@ def hook_mode(requested: str, model: nn.Module) -> str:
     if requested != "auto":
         return requested
     return "permanent" if is_compiled(model) else "sampled"
-
-
-def positive_int(name: str, value: Any) -> int:
-    """``value`` if it is an int >= 1 (not a bool), else a ValueError naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return value
-
-
-def non_negative_int(name: str, value: Any) -> int:
-    """``value`` if it is an int >= 0 (not a bool), else a ValueError naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
-    return value
-
-
-def positive_seconds(name: str, value: Any) -> float:
-    """``value`` as a float if it is a number > 0, else a ValueError naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
-    return float(value)
 
 
 def check_weight_every(value: int | None, every: int) -> int:

@@ -135,7 +135,6 @@ def _redo(jobs: list[Job], redo: list[int], table: list[list[float]], used: list
             table[i], used[i] = row, "exact"
 
 
-
 def measure(
     matrix: torch.Tensor,
     *,

@@ -24,10 +24,8 @@ from ndtracker import spectra
 from ndtracker.capture import ActivationHook, Capturer
 from ndtracker.layers import DEFAULT_MAX_LAYERS, LayerSpec, select_layers, unwrapped
 from ndtracker.measurement import log_row, loss_value, measure_jobs, sample_jobs
-from ndtracker.options import (
-    DEFAULT_MAX_BUFFER_ROWS, DEFAULT_METRICS, HOOK_MODES, SPACES, check_options, non_negative_int,
-    positive_int, positive_seconds,
-)  # fmt: skip
+from ndtracker.checks import non_negative_int, positive_int, positive_seconds
+from ndtracker.options import DEFAULT_MAX_BUFFER_ROWS, DEFAULT_METRICS, HOOK_MODES, SPACES, check_options
 from ndtracker.tracker_events import SeriesDetectors, StepAxis, describe_event, detector_factory
 
 __all__ = ["Tracker", "DEFAULT_METRICS", "DEFAULT_MAX_BUFFER_ROWS", "HOOK_MODES", "SPACES"]

@@ -9,10 +9,11 @@ dropped and warned about once; logging goes on.
 from __future__ import annotations
 
 import bisect
-import inspect
 import math
 from collections.abc import Callable
 from typing import Any
+
+from ndtracker.jumps import Jump
 
 Warn = Callable[[str, str, str], None]
 
@@ -44,7 +45,6 @@ class SeriesDetectors:
 
     def __init__(self, factory: Any, warn: Warn) -> None:
         self._factory, self._warn = factory, warn
-        self._staggered = factory is not None and _takes_stride(factory)
         self._detectors: dict[tuple[str, str], StepDetector | None] = {}
 
     def feed(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -77,17 +77,8 @@ class SeriesDetectors:
             return []
 
     def _new_detector(self) -> Any:
-        if not self._staggered:
-            return self._factory()
         slot = len(self._detectors) % STAGGER_SLOTS
         return self._factory(stride=BASE_STRIDE + STRIDE_STAGGER * slot)
-
-
-def _takes_stride(factory: Any) -> bool:
-    try:
-        return "stride" in inspect.signature(factory).parameters
-    except (TypeError, ValueError):
-        return False
 
 
 def _located(event: dict[str, Any], key: tuple[str, str]) -> dict[str, Any]:
@@ -110,14 +101,12 @@ class StepDetector:
         return [self._row(event) for event in self._detector.finish()]
 
     def _row(self, event: Any) -> dict[str, Any]:
-        step = self._steps[event.index]
-        if hasattr(event, "direction"):
-            return {"step": step, "metric": self._metric, "kind": "jump",
-                    "direction": int(event.direction), "size": float(event.size),
-                    "z": float(event.z), "phase": None}  # fmt: skip
-        return {"step": step, "metric": self._metric, "kind": "phase", "direction": None,
-                "size": _optional_float(getattr(event, "change", None)), "z": None,
-                "phase": str(getattr(event, "kind", getattr(event, "phase", "")))}  # fmt: skip
+        """An event row: a :class:`~ndtracker.jumps.Jump` or a phase change (``kind``)."""
+        row = {"step": self._steps[event.index], "metric": self._metric}
+        if isinstance(event, Jump):
+            return row | {"kind": "jump", "direction": int(event.direction), "size": float(event.size),
+                          "z": float(event.z), "phase": None}  # fmt: skip
+        return row | {"kind": "phase", "direction": None, "size": None, "z": None, "phase": str(event.kind)}
 
 
 class StepAxis:
@@ -157,7 +146,3 @@ def describe_event(event: dict[str, Any]) -> str:
         arrow = "up" if event.get("direction", 0) > 0 else "down"
         return f"jump {arrow} in {event['metric']} at {where}: size {event.get('size'):.3g}"
     return f"{event['metric']} enters {event.get('phase')} at {where}"
-
-
-def _optional_float(value: Any) -> float | None:
-    return None if value is None else float(value)

@@ -23,6 +23,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ndtracker.checks import positive_int, positive_seconds
 from ndtracker.store import (
     _SCHEMAS, _SORT_KEYS, _atomic, _part_name, _register, validate_log_dir,
 )  # fmt: skip
@@ -388,12 +389,8 @@ def _coerce(value: Any, kind: pa.DataType) -> Any:
 def _check_options(run_info: Any, flush_secs: Any, max_buffer_rows: Any) -> None:
     if not isinstance(run_info, Mapping):
         raise TypeError(f"run_info must be a mapping, got {type(run_info).__name__}")
-    number = isinstance(flush_secs, (int, float)) and not isinstance(flush_secs, bool)
-    if not number or not 0 < flush_secs < float("inf"):
-        raise ValueError(f"flush_secs must be a positive number of seconds, got {flush_secs!r}")
-    if not isinstance(max_buffer_rows, int) or isinstance(max_buffer_rows, bool) or max_buffer_rows < 1:
-        raise ValueError(f"max_buffer_rows must be a positive integer, got {max_buffer_rows!r}")
-
+    positive_seconds("flush_secs", flush_secs)
+    positive_int("max_buffer_rows", max_buffer_rows)
 
 
 def _merge(folder: Path, run_id: str, spans: list[tuple[int, int]], schema: pa.Schema) -> tuple[int, int]:
