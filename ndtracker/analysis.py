@@ -26,8 +26,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from ndtracker.reporting import Series
 
 PARALLEL_MIN_SAMPLES = 2_000_000  # below this, spawning worker processes costs more than it saves
-PHASE_COLUMNS = ["layer", "space", "start_step", "end_step", "kind", "samples", "change"]
-PHASE_COLUMNS += ["relative_change"]
+PHASE_COLUMNS = ["layer", "space", "start_step", "end_step", "kind", "samples", "change", "relative_change"]
 JUMP_COLUMNS = ["layer", "space", "step", "direction", "size", "z", "before", "after"]
 
 
@@ -74,7 +73,7 @@ def _detect(values: np.ndarray) -> tuple[list, list]:
         return [], []
     with warnings.catch_warnings():  # the report notes non-finite samples itself, once per series
         warnings.filterwarnings("ignore", message=".*non-finite", category=RuntimeWarning)
-        return detect.label_phases(values), detect.find_jumps(values)
+        return detect.phases_and_jumps(values)
 
 
 def _phase_row(series: Series, phase: detect.Phase) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, NoReturn
 
+from ndtracker import store
 from ndtracker.errors import NdtrackerError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -25,9 +26,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from ndtracker.comparison import Comparison
     from ndtracker.reporting import Report
-
-METRICS = ("stable_rank", "participation_ratio", "effective_rank", "energy90")
-SPACES = ("activation", "weight")
 
 
 EXAMPLES = """examples:
@@ -111,11 +109,11 @@ def _add_compare(parser: argparse.ArgumentParser) -> None:
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--html", metavar="FILE", help="also write a self-contained HTML report")
-    parser.add_argument("--metric", default="stable_rank", choices=METRICS,
+    parser.add_argument("--metric", default="stable_rank", choices=store.METRIC_NAMES,
                         help="default: %(default)s")  # fmt: skip
     parser.add_argument("--layers", metavar="PATTERN",
                         help="glob over layer names, e.g. 'blocks.*'")  # fmt: skip
-    parser.add_argument("--space", choices=SPACES, help="one space only (default: both)")
+    parser.add_argument("--space", choices=store.SPACES, help="one space only (default: both)")
     parser.add_argument("--width", type=_positive, metavar="N", help="terminal width in columns")
     parser.add_argument("--workers", type=_positive, metavar="N",
                         help="detection processes for large runs (default: 1 per core, <= 8)")  # fmt: skip

@@ -92,7 +92,8 @@ def compare(
     options = {"metric": metric, "layers": layers, "space": space, "progress": progress}
     a = report(run_a, run_id=run_id_a, workers=workers, **options)
     b = report(run_b, run_id=run_id_b, workers=workers, **options)
-    common = tuple(layer for layer in a.layers if layer in set(b.layers))
+    in_b = set(b.layers)
+    common = tuple(layer for layer in a.layers if layer in in_b)
     if not common:
         raise ValueError(
             f"runs {a.run_id} and {b.run_id} have no layer in common; "

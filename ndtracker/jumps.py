@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cache, cached_property
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -124,9 +124,7 @@ def _gap_kernel(w: int) -> np.ndarray:
     return np.concatenate([-right[::-1], right])
 
 
-_VARIANCE_CACHE: dict[int, np.ndarray] = {}
-
-
+@cache
 def _gap_variance(w: int) -> np.ndarray:
     """Variance of the gap for unit-variance AR(1) noise, at each autocorrelation of ``_PHI_GRID``.
 
@@ -134,12 +132,10 @@ def _gap_variance(w: int) -> np.ndarray:
     ``sum_d phi^d a_d`` with ``a_d`` the kernel's autocorrelation at lag ``d`` (counted twice for
     ``d > 0``: once per order of the pair).
     """
-    if w not in _VARIANCE_CACHE:
-        kernel = _gap_kernel(w)
-        pairs = np.correlate(kernel, kernel, mode="full")[kernel.size - 1 :]
-        pairs[1:] *= 2
-        _VARIANCE_CACHE[w] = _PHI_GRID[:, None] ** np.arange(kernel.size) @ pairs
-    return _VARIANCE_CACHE[w]
+    kernel = _gap_kernel(w)
+    pairs = np.correlate(kernel, kernel, mode="full")[kernel.size - 1 :]
+    pairs[1:] *= 2
+    return _PHI_GRID[:, None] ** np.arange(kernel.size) @ pairs
 
 
 def _gap_scan(y: np.ndarray, sigma: np.ndarray, phi: np.ndarray, w: int) -> tuple[np.ndarray, ...]:
@@ -165,14 +161,10 @@ def _peaks(z: np.ndarray, half: int, threshold: float) -> np.ndarray:
     return above[(z[above] > left) & (z[above] >= right)]
 
 
-_BEND_CACHE: dict[int, float] = {}
-
-
+@cache
 def _unit_bend_rss(w: int) -> float:
     """Residual sum of squares of the best bent line through a noise-free unit step (cached)."""
-    if w not in _BEND_CACHE:
-        _BEND_CACHE[w] = _bend_rss(np.arange(-w, w) + 0.5, np.repeat([-0.5, 0.5], w))
-    return _BEND_CACHE[w]
+    return _bend_rss(np.arange(-w, w) + 0.5, np.repeat([-0.5, 0.5], w))
 
 
 @dataclass(frozen=True)

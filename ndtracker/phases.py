@@ -326,6 +326,16 @@ def label_phases(
     clip = _JumpOptions(min_window=min_window, max_window=max(min_window, 64), noise_window=noise_window)
     y, positions, n = _prepare(values, "label_phases")
     if y.size < opts.min_length:
-        return [Phase(0, n, "stabilization")] if n else []
-    sums, counts = _block_sums(_clipped(y, clip.half_blocks, clip.min_window), opts.max_points)
+        return _too_short(n)
+    return _phases_of_clipped(_clipped(y, clip.half_blocks, clip.min_window), positions, n, opts)
+
+
+def _too_short(n: int) -> list[Phase]:
+    """The phases of a series with fewer than ``min_length`` finite values: one, or none if empty."""
+    return [Phase(0, n, "stabilization")] if n else []
+
+
+def _phases_of_clipped(clipped: np.ndarray, positions: np.ndarray, n: int, opts: _PhaseOptions) -> list[Phase]:
+    """The phases of the finite values ``clipped`` (outliers clipped) at ``positions`` of ``n``."""
+    sums, counts = _block_sums(clipped, opts.max_points)
     return _label_blocks(sums, counts, positions[:: int(counts[0])], n, opts)

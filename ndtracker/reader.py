@@ -181,9 +181,7 @@ def sort_rows(table: pa.Table, runs: list[str]) -> pa.Table:
     ]
     if _in_order(keys):
         return table
-    key = _composite(keys)
-    order = np.lexsort(keys[::-1]) if key is None else np.argsort(key, kind="stable")
-    return table.take(order)
+    return table.take(np.lexsort(keys[::-1]))  # stable; the last key is the primary one
 
 
 def _in_order(keys: list[np.ndarray]) -> bool:
@@ -223,17 +221,3 @@ def _ranks(dictionary: pa.Array, values: list[str] | None) -> np.ndarray:
     rank = np.empty(len(dictionary), np.int64)
     rank[pc.sort_indices(dictionary).to_numpy()] = np.arange(len(dictionary))
     return rank
-
-
-def _composite(codes: list[np.ndarray]) -> np.ndarray | None:
-    """Fold integer sort keys into one int64 key, or None when it would overflow."""
-    key, span = np.zeros(len(codes[0]), np.int64), 1
-    for code in codes:
-        low = int(code.min())
-        width = int(code.max()) - low + 1
-        span *= width
-        if span >= 2**62:
-            return None
-        key = key * width + (code.astype(np.int64) - low)
-    return key
-

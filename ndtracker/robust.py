@@ -138,26 +138,17 @@ def _local_scale(v: np.ndarray, half_blocks: int) -> np.ndarray:
     return np.repeat(_context_sd(v, half_blocks, -(-v.size // _BLOCK)), _BLOCK)[: v.size]
 
 
-_last_clipped: list[tuple[np.ndarray, int, int, np.ndarray]] = []  # (y, options, result) of the last call
-
-
 def _clipped(y: np.ndarray, half_blocks: int, half: int) -> np.ndarray:
     """Clip each sample to its running median (``half`` each side) +- ``_CLIP`` local robust sd.
 
     Any excursion shorter than ``half + 1`` samples is pulled back to within ``_CLIP`` sd of the
-    running median, which follows steps and monotone stretches exactly. The last result is kept,
-    so jumps and phases of the same series (what a report asks for) clip it once.
+    running median, which follows steps and monotone stretches exactly.
     """
-    for previous, *options, result in _last_clipped:
-        if options == [half_blocks, half] and np.array_equal(previous, y):
-            return result.copy()
     if y.size < 2 * half + 1:
         return y.copy()
     median = _running_median(y, half)
     scale = _local_scale(y - median, half_blocks)
-    result = np.clip(y, median - _CLIP * scale, median + _CLIP * scale)
-    _last_clipped[:] = [(y.copy(), half_blocks, half, result.copy())]
-    return result
+    return np.clip(y, median - _CLIP * scale, median + _CLIP * scale)
 
 
 def _second_differences(y: np.ndarray, k: int) -> np.ndarray:

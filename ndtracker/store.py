@@ -227,7 +227,6 @@ def _read_doc(run_dir: Path, strict: bool = False) -> dict[str, Any] | None:
     return doc
 
 
-
 # ------------------------------------------------------------------------------ reading
 
 

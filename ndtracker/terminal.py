@@ -124,8 +124,7 @@ def _space_tables(rep: Report) -> list[Table]:
 
 def _space_table(rep: Report, space: str, rows: pd.DataFrame) -> Table:
     table = Table(title=f"{space} space: {rep.metric}", title_justify="left", expand=True)
-    widest = max((len(display_name(name)) for name in rows["layer"]), default=5)
-    table.add_column("layer", overflow="fold", min_width=min(widest, 24))
+    _add_layer_column(table, rows["layer"])
     for name in ("first", "last", "min", "max"):
         table.add_column(name, justify="right", no_wrap=True)
     table.add_column("phases (steps)", ratio=1)
@@ -137,6 +136,12 @@ def _space_table(rep: Report, space: str, rows: pd.DataFrame) -> Table:
         cells = [_phase_text(phases.get(row.layer)), _jump_text(jumps.get(row.layer))]
         table.add_row(display_name(row.layer), *numbers, *cells)
     return table
+
+
+def _add_layer_column(table: Table, names: Any) -> None:
+    """A layer column wide enough for names of up to 24 characters on one line; longer ones fold."""
+    widest = max((len(display_name(name)) for name in names), default=5)
+    table.add_column("layer", overflow="fold", min_width=min(widest, 24))
 
 
 def _by_layer(frame: pd.DataFrame, space: str) -> dict[str, pd.DataFrame]:
@@ -193,8 +198,7 @@ def _compare_table(comparison: Comparison, space: str) -> Table:
     rows = comparison.table[comparison.table["space"] == space]
     title = f"{space} space: {comparison.a.metric}, A vs B"
     table = Table(title=title, title_justify="left", caption=legend)
-    widest = max((len(display_name(name)) for name in rows.layer), default=5)
-    table.add_column("layer", overflow="fold", min_width=min(widest, 24))
+    _add_layer_column(table, rows["layer"])
     for name in ("A\nfirst", "A\nlast", "B\nfirst", "B\nlast"):
         table.add_column(name, justify="right", no_wrap=True)
     table.add_column("A\nphases", overflow="fold")

@@ -449,3 +449,16 @@ def test_block_accumulator_matches_offline_blocks_bit_for_bit(n: int) -> None:
 def test_docstring_examples_run(module: object) -> None:
     result = doctest.testmod(module, raise_on_error=False)  # type: ignore[arg-type]
     assert result.attempted > 0 and result.failed == 0
+
+
+@pytest.mark.filterwarnings("ignore:.*non-finite")
+@pytest.mark.parametrize("kind", ["shifts", "nan", "short", "empty", "constant"])
+def test_phases_and_jumps_equal_the_two_calls(kind):
+    rng = np.random.default_rng(3)
+    x = np.r_[np.full(700, 4.0), np.linspace(4.0, 2.0, 600), np.full(700, 6.0)] + rng.normal(0, 0.1, 2000)
+    x = {"shifts": x, "nan": np.where(rng.random(2000) < 0.05, np.nan, x), "short": x[:6],
+         "empty": x[:0], "constant": np.full(300, 2.5)}[kind]  # fmt: skip
+    phases, jumps = detect.phases_and_jumps(x)
+    assert phases == label_phases(x) and jumps == find_jumps(x)
+    if kind in ("shifts", "nan"):
+        assert [j.index for j in jumps] == [1300] and len(phases) >= 2

@@ -69,7 +69,7 @@ def test_ar1_fit_recovers_the_model_it_fits() -> None:
     assert sigma[4] == 0.0  # a straight stretch
 
 
-def test_clipped_reuses_its_last_result_without_sharing_it() -> None:
+def test_clipped_pulls_spikes_back_and_never_shares_its_result() -> None:
     y = np.random.default_rng(0).normal(size=5000)
     y[[100, 2000]] = [40.0, -40.0]
     first = _clipped(y, 7, 8)
