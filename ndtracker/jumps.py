@@ -246,11 +246,11 @@ def _to_jump(c: _Candidate, positions: np.ndarray) -> Jump:
 def find_jumps(
     values: ArrayLike,
     *,
-    z_threshold: float = 5.0,
-    min_window: int = 8,
-    max_window: int = 64,
-    noise_window: int = 1024,
-    min_size: float = 0.0,
+    z_threshold: float = _JumpOptions.z_threshold,
+    min_window: int = _JumpOptions.min_window,
+    max_window: int = _JumpOptions.max_window,
+    noise_window: int = _JumpOptions.noise_window,
+    min_size: float = _JumpOptions.min_size,
 ) -> list[Jump]:
     """Find the persistent level shifts of a 1-D series.
 

@@ -270,14 +270,14 @@ def _phase(
 def label_phases(
     values: ArrayLike,
     *,
-    min_change: float = 0.05,
-    trend_threshold: float = 4.0,
-    penalty: float = 3.0,
-    resolution: float = 0.01,
-    min_length: int = 8,
-    max_points: int = 512,
-    min_window: int = 8,
-    noise_window: int = 1024,
+    min_change: float = _PhaseOptions.min_change,
+    trend_threshold: float = _PhaseOptions.trend_threshold,
+    penalty: float = _PhaseOptions.penalty,
+    resolution: float = _PhaseOptions.resolution,
+    min_length: int = _PhaseOptions.min_length,
+    max_points: int = _PhaseOptions.max_points,
+    min_window: int = _JumpOptions.min_window,
+    noise_window: int = _JumpOptions.noise_window,
 ) -> list[Phase]:
     """Cut a 1-D series into contiguous phases of collapse, expansion and stabilization.
 
