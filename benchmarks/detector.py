@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ndtracker.detect import find_jumps, label_phases
+from ndtracker.detect import find_jumps, label_phases, phases_and_jumps
 
 PEER = Path(__file__).resolve().parents[1] / ".bench" / "peer"
 TOLERANCE = 5
@@ -334,19 +334,19 @@ def long_run_series(n: int, seed: int) -> np.ndarray:
 
 
 def batch_timing(count: int, n: int = 200_000) -> list[str]:
-    """Rows: total seconds of label_phases then find_jumps (as a report calls them) on ``count``
-    long-run series of ``n`` samples, one process; a report of 1 000 000 steps at every=5 over 50
-    layers and 2 spaces has 100 such series."""
+    """Rows: total seconds of ``detect.phases_and_jumps`` (what a report calls per series) on
+    ``count`` long-run series of ``n`` samples, one process; a report of 1 000 000 steps at
+    every=5 over 50 layers and 2 spaces has 100 such series."""
     batch = [long_run_series(n, seed) for seed in range(count)]
-    label_phases(batch[0][:5000]), find_jumps(batch[0][:5000])  # first-call caches, as a report has
+    phases_and_jumps(batch[0][:5000])  # first-call caches, as a report has
     phases = jumps = 0
     wall, cpu = time.perf_counter(), time.process_time()
     for values in batch:
-        phases += len(label_phases(values))
-        jumps += len(find_jumps(values))
+        found = phases_and_jumps(values)
+        phases, jumps = phases + len(found[0]), jumps + len(found[1])
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     return [
-        f"batch of {count} series x {n} samples (label_phases + find_jumps): {wall:.2f} s wall, "
+        f"batch of {count} series x {n} samples (phases_and_jumps): {wall:.2f} s wall, "
         f"{cpu:.2f} s CPU, {1000 * cpu / count:.0f} ms CPU per series; per series "
         f"{phases / count:.1f} phases, {jumps / count:.1f} jumps (3 planted)"
     ]
