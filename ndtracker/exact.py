@@ -1,8 +1,8 @@
 """Metrics from a spectrum, and the exact estimator: eigenvalues of the Gram of the smaller side.
 
 The Gram matrix of the smaller side (``XXᵀ`` or ``XᵀX``) has the same non-zero eigenvalues
-λ = σ² as the matrix and is one fast matrix product away (formed from its upper blocks only,
-which saves a quarter to a third of the time from 256 rows up). With ``effective_rank`` or
+λ = σ² as the matrix and is one fast matrix product away (formed from its upper blocks only
+when large enough for that to pay off). With ``effective_rank`` or
 ``energy90`` asked for, every eigenvalue of the Gram formed in float64 on CPU and CUDA (float32
 elsewhere), because effective rank of rank-deficient matrices is off by up to 5% when float32
 round-off lifts their zero eigenvalues. With the two moment metrics only, the Gram is formed in
@@ -28,7 +28,9 @@ FULL_SPECTRUM: frozenset[str] = frozenset({"effective_rank", "energy90"})
 RESULT_FIELDS: tuple[str, ...] = METRICS + ("lambda_error", "finite", "energy")
 
 UNDERFLOW = 1e-30  # a float32 Σλ below this (but not 0) may hide underflowed products: redo exactly
-GRAM_BLOCK_ROWS = 128  # rows per block of a Gram formed from its upper blocks (2-4 blocks, n >= 256)
+GRAM_BLOCK_ROWS = 128  # rows per block of a Gram formed from its upper blocks
+GRAM_BLOCKS = 4  # blocks at least (and at most) for the upper-block product: from 512 rows
+HOST_SIDE = 128  # exact Grams up to this size are decomposed on the host, after the one transfer
 
 TINY = torch.finfo(torch.float32).tiny
 
@@ -67,36 +69,45 @@ def exact_spectrum(matrix: torch.Tensor) -> torch.Tensor:
     return torch.linalg.eigvalsh(gram).flip(0)
 
 
-def gram_matrix(matrix: torch.Tensor) -> tuple[torch.Tensor, bool]:
+def gram_matrix(matrix: torch.Tensor, out: torch.Tensor | None = None) -> tuple[torch.Tensor, bool]:
     """Form the Gram matrix of the smaller side, ``XXᵀ`` or ``XᵀX``, in the matrix's dtype.
 
     Args:
         matrix: 2-D tensor ``(rows, cols)``.
+        out: Optional ``(n, n)`` tensor to write the Gram into (a slot of a batch).
 
     Returns:
         The symmetric ``(n, n)`` Gram, ``n = min(rows, cols)``, and whether it is the row side
         (``XXᵀ``).
     """
     row_side = matrix.shape[0] <= matrix.shape[1]
-    return symmetric_product(matrix if row_side else matrix.T), row_side
+    return symmetric_product(matrix if row_side else matrix.T, out), row_side
 
 
-def symmetric_product(a: torch.Tensor) -> torch.Tensor:
-    """Return ``a @ a.T``, computing only its upper blocks when ``a`` is long enough to pay off.
+def symmetric_product(a: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Return ``a @ a.T`` (into ``out`` if given), computing only its upper blocks for long ``a``.
 
     A plain ``a @ a.T`` computes both triangles; with ``k`` row blocks only ``k(k+1)/2`` of the
-    ``k²`` block products are needed (10% less time on CPU at 256 rows, 25-33% from 512 up).
+    ``k²`` block products are needed. Measured on the 2-vCPU benchmark machine (2026-12-01): 15-25%
+    less time at 1024 x 784, 1024 x 4096, 2048 x 512 and 512 x 4096, a tie at 512 x 784, but 15-25%
+    *more* at 256 x 512 and 640 x 300 (small block products run below the BLAS peak), so blocks
+    need :data:`GRAM_BLOCKS` of them and 512 columns.
     """
-    blocks = min(a.shape[0] // GRAM_BLOCK_ROWS, 4)
-    if blocks < 2:
-        return a @ a.T
+    blocks = min(a.shape[0] // GRAM_BLOCK_ROWS, GRAM_BLOCKS)
+    if blocks < GRAM_BLOCKS or a.shape[1] < 512:
+        return torch.mm(a, a.T, out=out)
+    out = a.new_empty(a.shape[0], a.shape[0]) if out is None else out
     parts = a.chunk(blocks)
-    upper = {(i, j): parts[i] @ parts[j].T for i in range(blocks) for j in range(i, blocks)}
-    rows = [
-        torch.cat([upper[i, j] if j >= i else upper[j, i].T for j in range(blocks)], dim=1)
-        for i in range(blocks)
-    ]
-    return torch.cat(rows, dim=0)
+    starts = [0]
+    for part in parts:
+        starts.append(starts[-1] + part.shape[0])
+    spans = [slice(starts[i], starts[i + 1]) for i in range(len(parts))]
+    for i, rows in enumerate(spans):
+        for j in range(i, len(parts)):
+            torch.mm(parts[i], parts[j].T, out=out[rows, spans[j]])
+            if j > i:
+                out[spans[j], rows].copy_(out[rows, spans[j]].T)
+    return out
 
 
 def full_spectrum_dtype(device: torch.device) -> torch.dtype:
@@ -116,40 +127,63 @@ def exact_row(
 ) -> torch.Tensor:
     """Measure from Gram eigenvalues: all of them in float64 for a full-spectrum metric (or
     ``wide``), else λ₁ of the float32 Gram (Σλ and Σλ² come from the Gram itself)."""
-    if wide or FULL_SPECTRUM & set(metrics):
-        return _exact_wide(x, metrics)
-    return _exact_moments(x, metrics)
+    return row_from_gram(exact_gram(x, metrics, wide), metrics, wide)
 
 
-def _exact_wide(x: torch.Tensor, metrics: frozenset[str] | set[str]) -> torch.Tensor:
-    """Every eigenvalue of the float64 Gram, every metric from them.
+def exact_gram(
+    x: torch.Tensor, metrics: frozenset[str] | set[str], wide: bool = False
+) -> torch.Tensor:
+    """The Gram the exact route decomposes (see :func:`row_from_gram`).
 
-    No scaling pass: a float64 Gram of float32 entries can neither overflow nor underflow, and a
-    non-finite entry shows in the trace (every entry is in one diagonal sum of squares), which
-    gives the finite flag for free; non-finite entries are zeroed in the Gram so LAPACK never sees
-    them. Devices without float64 (MPS) scale the matrix to magnitude 1 first.
+    Float64 for a full-spectrum metric or ``wide``: a float64 Gram of float32 entries can neither
+    overflow nor underflow. Devices without float64 (MPS) scale the matrix to magnitude 1 first.
+    Float32 for the two moment metrics.
     """
+    if not (wide or FULL_SPECTRUM & set(metrics)):
+        return gram_matrix(x)[0]
     dtype = full_spectrum_dtype(x.device)
-    gram, _ = gram_matrix(x.to(dtype) if dtype == torch.float64 else _scaled(x))
-    energy = torch.trace(gram)
+    return gram_matrix(x.to(dtype) if dtype == torch.float64 else _scaled(x))[0]
+
+
+def row_from_gram(
+    gram: torch.Tensor, metrics: frozenset[str] | set[str], wide: bool = False
+) -> torch.Tensor:
+    """The result row of the exact route from its Gram, on the Gram's device.
+
+    :func:`ndtracker.spectra.measure_many` calls this on the host for small Grams (at most
+    :data:`HOST_SIDE`), after the sample's one transfer, so the eigensolver (whose error check is a
+    host synchronisation on a GPU) never runs on the device for them.
+    """
+    if wide or FULL_SPECTRUM & set(metrics):
+        return _wide_row(gram, metrics)
+    return _moments_row(gram, metrics)
+
+
+def _wide_row(gram: torch.Tensor, metrics: frozenset[str] | set[str]) -> torch.Tensor:
+    """Every eigenvalue of the (float64) Gram, every metric from them.
+
+    A non-finite entry shows in the trace (every entry is in one diagonal sum of squares), which
+    gives the finite flag for free; non-finite entries are zeroed so LAPACK never sees them.
+    """
+    dtype = full_spectrum_dtype(gram.device)
+    energy = torch.trace(gram).to(dtype)
     values = metrics_from_eigenvalues(torch.linalg.eigvalsh(gram.nan_to_num(0.0, 0.0, 0.0)))
     if set(metrics) != set(METRICS):  # NaN for the metrics not asked for
         keep = [1.0 if m in metrics else math.nan for m in METRICS]
         values = values * torch.tensor(keep, dtype=values.dtype, device=values.device)
     extra = torch.stack([torch.zeros_like(energy), torch.isfinite(energy).to(dtype), energy])
-    return torch.cat([values, extra])
+    return torch.cat([values.to(dtype), extra])
 
 
-def _exact_moments(x: torch.Tensor, metrics: frozenset[str] | set[str]) -> torch.Tensor:
-    """Stable rank and participation ratio from a float32 Gram and its top eigenvalue.
+def _moments_row(gram: torch.Tensor, metrics: frozenset[str] | set[str]) -> torch.Tensor:
+    """Stable rank and participation ratio from a (float32) Gram and its top eigenvalue.
 
     Float32 is plenty for λ₁, Σλ and Σλ² (it is not for the small eigenvalues that effective rank
     weighs), and costs half as much on CPU, far less on GPUs with slow float64. As on the
     randomized route, a total that is not finite or may have underflowed sets the error estimate
-    to NaN, and :func:`measure_many` redoes the matrix in float64.
+    to NaN, and :func:`ndtracker.spectra.measure_many` redoes the matrix in float64.
     """
-    dtype = full_spectrum_dtype(x.device)
-    gram, _ = gram_matrix(x)
+    dtype = full_spectrum_dtype(gram.device)
     total = torch.trace(gram).to(dtype)
     top = torch.linalg.eigvalsh(gram.to(dtype).nan_to_num(0.0, 0.0, 0.0))[-1]
     nan = torch.full_like(total, math.nan)

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ndtracker.exact import TINY, full_spectrum_dtype, gram_matrix, trusted
+from ndtracker.exact import TINY, gram_matrix, trusted
 
 KRYLOV_BLOCK = 1  # warm-start vectors kept per stream: the previous sample's top direction
 COLD_DEPTH = 48  # Lanczos steps with no previous direction: enough for a flat (Marchenko-Pastur) top
@@ -115,47 +115,78 @@ class Prepared:
     start: torch.Tensor  # (n,) start vector in the operator's space
     depth: int
 
-    @property
-    def side(self) -> int:
-        """The size ``n`` of the operator (of the Gram, or of the feature space without one)."""
-        return self.start.shape[0]
 
-    def group(self) -> tuple | None:
-        """Jobs with equal keys share a batched Lanczos run; None runs alone (no Gram, or large).
+def group_key(x: torch.Tensor, metrics: frozenset[str]) -> tuple | None:
+    """Jobs with equal keys share a batched Lanczos run; None runs alone (no Gram, or large).
 
-        Only Grams of one size are batched: padding smaller ones with zeros was measured slower
-        (the padded products read several times the memory, which costs more than the tensor
-        operations a separate run adds).
-        """
-        if self.gram is None or self.side > BATCH_SIDE:
-            return None
-        return (self.side, self.x.device, self.metrics)
+    Only Grams of one size are batched: padding smaller ones with zeros was measured slower
+    (the padded products read several times the memory, which costs more than the tensor
+    operations a separate run adds).
+    """
+    side = min(x.shape)
+    if "participation_ratio" not in metrics or side > BATCH_SIDE:
+        return None
+    return (side, x.device, frozenset(metrics))
 
 
-def prepare(x: torch.Tensor, metrics: frozenset[str], state: StreamingSpectrum) -> Prepared:
+def prepare(
+    x: torch.Tensor, metrics: frozenset[str], state: StreamingSpectrum,
+    out: torch.Tensor | None = None,
+) -> Prepared:  # fmt: skip
     """Moments from the float32 Gram (when Σλ² is needed) and the warm start mapped onto it.
 
-    No scaling pass: when Σλ is not finite (a non-finite entry, or an overflow) or so small that
-    products may have underflowed, the error estimate comes back NaN and :func:`measure_many`
-    redoes the matrix exactly.
+    ``out`` is where to form the Gram (its slot in a batch). No scaling pass: when Σλ is not
+    finite (a non-finite entry, or an overflow) or so small that products may have underflowed,
+    the error estimate comes back NaN and :func:`ndtracker.spectra.measure_many` redoes the matrix
+    exactly.
     """
     if state.basis is not None and state.basis.shape[0] != x.shape[1]:
         state.reset()
-    start, dtype = _start(state, x), full_spectrum_dtype(x.device)
+    start = _start(state, x)
     if "participation_ratio" not in metrics:
-        total = x.square().sum().to(dtype)
+        total = x.square().sum()
         depth = min(state.depth, x.shape[1] - 1)
         return Prepared(x, metrics, state, None, False, total, None, start, depth)
-    gram, row_side = gram_matrix(x)
-    total = torch.trace(gram).to(dtype)
-    squares = gram.square().sum().to(dtype)  # pairwise sum: 1e-7 (vector_norm: 1e-5 at n=1024)
+    gram, row_side = gram_matrix(x, out)
+    total = torch.trace(gram)
+    squares = gram.square().sum()  # pairwise sum: 1e-7 (vector_norm: 1e-5 at n=1024)
     first = torch.mv(x, start) if row_side else start
     depth = min(state.depth, gram.shape[0] - 1)
     return Prepared(x, metrics, state, gram, row_side, total, squares, first, depth)
 
 
-def finish(group: list[Prepared]) -> list[torch.Tensor]:
-    """One batched Lanczos run for a group of prepared jobs; their result vectors."""
+@dataclass
+class Krylov:
+    """A group's Lanczos run, done on the device, waiting for the sample's host transfer.
+
+    ``parts`` go to the host: the projected matrices, the last Lanczos
+    coefficients, Σλ and (for the participation ratio) Σλ² of each member. The Grams are not kept,
+    so at most one large Gram is alive at a time.
+    """
+
+    members: list[tuple[torch.Tensor, bool, StreamingSpectrum]]  # (x, row_side, state)
+    metrics: frozenset[str]
+    basis: torch.Tensor  # (batch, depth + 1, n): the Lanczos vectors
+    parts: list[torch.Tensor]
+
+    def conclude(self, parts: list[torch.Tensor]) -> list[list[float]]:
+        """The members' result rows from ``parts`` on the host; each stream keeps its direction.
+
+        Rows are laid out as :data:`ndtracker.exact.RESULT_FIELDS`.
+        """
+        coefficients, beta, total = parts[:3]
+        theta, error, ritz = _ritz_top(coefficients, beta)
+        _keep_directions(self, theta, ritz)
+        nan = torch.full_like(total, math.nan)
+        stable = total / theta if "stable_rank" in self.metrics else nan
+        participation = total.square() / parts[3] if len(parts) > 3 else nan
+        error = torch.where(trusted(total), error.to(total.dtype), nan)
+        finite = torch.isfinite(total).to(total.dtype)
+        return torch.stack([stable, participation, nan, nan, error, finite, total], dim=1).tolist()
+
+
+def run(group: list[Prepared]) -> Krylov:
+    """One batched Lanczos run for a group of prepared jobs; no host synchronisation."""
     first = group[0]
     if first.gram is None:
         x = first.x
@@ -164,31 +195,27 @@ def finish(group: list[Prepared]) -> list[torch.Tensor]:
         grams = first.gram.unsqueeze(0) if len(group) == 1 else torch.stack([p.gram for p in group])
         apply = lambda q: torch.bmm(q, grams)  # noqa: E731  (q G = (G q)ᵀ: G is symmetric)
     depth = max(p.depth for p in group)
-    theta, error, top = _lanczos_top(apply, torch.stack([p.start for p in group]), depth)
-    _keep_directions(group, theta, top)
-    total = torch.stack([p.total for p in group])
-    nan = torch.full_like(total, math.nan)
-    stable = total / theta if "stable_rank" in first.metrics else nan
-    participation = nan
+    coefficients, beta, basis = _lanczos(apply, torch.stack([p.start for p in group]), depth)
+    parts = [coefficients, beta, torch.stack([p.total for p in group])]
     if first.squares is not None:
-        participation = total.square() / torch.stack([p.squares for p in group])
-    error = torch.where(trusted(total), error.to(total.dtype), nan)
-    finite = torch.isfinite(total).to(total.dtype)
-    rows = torch.stack([stable, participation, nan, nan, error, finite, total], dim=1)
-    return list(rows.unbind(0))
+        parts.append(torch.stack([p.squares for p in group]))
+    members = [(p.x, p.row_side, p.state) for p in group]
+    return Krylov(members, first.metrics, basis, parts)
 
 
-def _keep_directions(group: list[Prepared], theta: torch.Tensor, top: torch.Tensor) -> None:
+def _keep_directions(krylov: Krylov, theta: torch.Tensor, ritz: torch.Tensor) -> None:
     """Store each stream's unit top direction in feature space, for the next sample's start.
 
-    A Ritz vector ``u`` of ``XXᵀ`` maps to ``Xᵀu`` of norm ``sqrt(θ)``; one of ``XᵀX`` is already a
-    unit feature-space vector.
+    The top Ritz vector is ``ritz`` (host) in the Lanczos basis (device). A Ritz vector ``u`` of
+    ``XXᵀ`` maps to ``Xᵀu`` of norm ``sqrt(θ)``; one of ``XᵀX`` is already a unit feature-space
+    vector.
     """
-    norms = theta.sqrt().to(top.dtype).clamp_min(TINY)
-    for b, prepared in enumerate(group):
-        direction = torch.mv(prepared.x.T, top[b]) / norms[b] if prepared.row_side else top[b]
-        prepared.state.basis = direction.unsqueeze(1)
-        prepared.state.samples += 1
+    basis = krylov.basis
+    top = torch.bmm(ritz.to(basis.device, basis.dtype).unsqueeze(1), basis)[:, 0]
+    norms = theta.sqrt().clamp_min(TINY).tolist()
+    for b, (x, row_side, state) in enumerate(krylov.members):
+        state.basis = (torch.mv(x.T, top[b]) / norms[b] if row_side else top[b]).unsqueeze(1)
+        state.samples += 1
 
 
 def _start(state: StreamingSpectrum, x: torch.Tensor) -> torch.Tensor:
@@ -199,8 +226,8 @@ def _start(state: StreamingSpectrum, x: torch.Tensor) -> torch.Tensor:
     return torch.add(state.basis[:, 0], noise, alpha=WARM_NOISE / math.sqrt(x.shape[1]))
 
 
-def _lanczos_top(apply, start: torch.Tensor, depth: int):
-    """Largest eigenpairs of a batch of symmetric PSD operators by Lanczos, fully reorthogonalised.
+def _lanczos(apply, start: torch.Tensor, depth: int):
+    """Lanczos on a batch of symmetric PSD operators, fully reorthogonalised, on their device.
 
     Vectors are rows (``(batch, 1, n)``): a batched row-vector times matrix product is several
     times faster on CPU than the batched matrix times column vector.
@@ -211,16 +238,10 @@ def _lanczos_top(apply, start: torch.Tensor, depth: int):
         depth: Steps after the first; the Krylov spaces have ``depth + 1 <= n`` vectors.
 
     Returns:
-        ``(θ₁, relative error estimate of θ₁, top Ritz vector)`` per operator, shapes ``(batch,)``,
-        ``(batch,)``, ``(batch, n)``; θ₁ ≤ λ₁ always. The estimate is
-        ``min(‖r‖, ‖r‖²/(θ₁ − θ₂)) / θ₁`` for the Ritz residual ``r`` (its norm is the last
-        Lanczos coefficient times the last entry of the Ritz vector, so it costs no product): the
-        first term bounds the distance to *some* eigenvalue, the second is the sharper one that
-        holds once the Krylov space resolves the gap to λ₂ (Saad, *Numerical Methods for Large
-        Eigenvalue Problems*, ch. 4). When the Ritz gap is below :data:`GAP_TRUST` of θ₁ (a flat
-        top, as at random init) only ``‖r‖ / θ₁`` is used: there the sharp form was measured to
-        miss λ₁ by up to 7e-3 about once in 500 samples (the Krylov space had settled on λ₂ with
-        a tiny residual), the plain residual never (0 of 1150).
+        ``(coefficients, beta, basis)``: ``coefficients[b, j, i] = qᵢᵀ A qⱼ`` for ``i <= j`` (the
+        lower triangle of the projected matrix, read off the orthogonalisation of each step, so
+        the Rayleigh–Ritz step needs no extra product), the last coefficient ``β`` per operator,
+        and the ``(batch, depth + 1, n)`` orthonormal basis.
     """
     basis = start.new_zeros(start.shape[0], depth + 1, start.shape[1])
     rows = basis.transpose(1, 2)  # a view: it sees each vector as it is written
@@ -238,26 +259,32 @@ def _lanczos_top(apply, start: torch.Tensor, depth: int):
         if j < depth:  # the next vector goes straight into the basis
             q = basis[:, j + 1 : j + 2]
             torch.div(w, beta.clamp_min(TINY), out=q)
-    beta = beta[:, 0, 0]
-    return _ritz_top(torch.cat(firsts, dim=1) + torch.cat(seconds, dim=1), beta, basis)
+    return torch.cat(firsts, dim=1) + torch.cat(seconds, dim=1), beta[:, 0, 0], basis
 
 
-def _ritz_top(coefficients: torch.Tensor, beta: torch.Tensor, basis: torch.Tensor):
-    """Rayleigh–Ritz on the Lanczos spaces: top Ritz values, their error estimates and vectors.
+def _ritz_top(coefficients: torch.Tensor, beta: torch.Tensor):
+    """Rayleigh–Ritz on the Lanczos spaces (host, float64): top Ritz values, error estimates, vectors.
 
-    ``coefficients[b, j, i] = qᵢᵀ A qⱼ`` for ``i <= j`` (the lower triangle of the projected matrix,
-    which ``eigh`` reads alone) comes from the orthogonalisation of each step.
+    Returns:
+        ``(θ₁, relative error estimate of θ₁, top Ritz vector in the Lanczos basis)`` per
+        operator, shapes ``(batch,)``, ``(batch,)``, ``(batch, depth + 1)``; θ₁ ≤ λ₁ always. The
+        estimate is ``min(‖r‖, ‖r‖²/(θ₁ − θ₂)) / θ₁`` for the Ritz residual ``r`` (its norm is the
+        last Lanczos coefficient times the last entry of the Ritz vector, so it costs no product):
+        the first term bounds the distance to *some* eigenvalue, the second is the sharper one
+        that holds once the Krylov space resolves the gap to λ₂ (Saad, *Numerical Methods for
+        Large Eigenvalue Problems*, ch. 4). When the Ritz gap is below :data:`GAP_TRUST` of θ₁ (a
+        flat top, as at random init) only ``‖r‖ / θ₁`` is used: there the sharp form was measured
+        to miss λ₁ by up to 7e-3 about once in 500 samples (the Krylov space had settled on λ₂
+        with a tiny residual), the plain residual never (0 of 1150).
     """
-    dtype = full_spectrum_dtype(basis.device)
-    tiny = torch.finfo(dtype).tiny
-    coefficients = coefficients.to(dtype).nan_to_num(0.0, 0.0, 0.0)  # LAPACK must not see NaN
+    coefficients = coefficients.nan_to_num(0.0, 0.0, 0.0)  # LAPACK must not see NaN
+    tiny = torch.finfo(coefficients.dtype).tiny
     theta, vectors = torch.linalg.eigh(coefficients, UPLO="L")
     top, ritz = theta[:, -1], vectors[:, :, -1]
-    residual = (beta.to(dtype) * ritz[:, -1]).abs()
+    residual = (beta * ritz[:, -1]).abs()
     bound = residual
     if theta.shape[1] > 1:  # |λ₁ − θ₁| ≤ ‖r‖, and ≲ ‖r‖²/gap once the gap is resolved
         gap = top - theta[:, -2]
         sharp = torch.minimum(residual, residual.square() / gap.clamp_min(tiny))
         bound = torch.where(gap > GAP_TRUST * top, sharp, residual)
-    vectors = torch.bmm(ritz.to(basis.dtype).unsqueeze(1), basis)[:, 0]
-    return top, bound / top.clamp_min(tiny), vectors
+    return top, bound / top.clamp_min(tiny), ritz

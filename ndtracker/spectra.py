@@ -34,12 +34,13 @@ from typing import Literal
 import torch
 
 from ndtracker.exact import (  # noqa: F401  (re-exported)
-    FULL_SPECTRUM, GRAM_BLOCK_ROWS, METRICS, RESULT_FIELDS, UNDERFLOW, empty_row, exact_row,
-    exact_spectrum, full_spectrum_dtype, gram_matrix, metrics_from_eigenvalues, symmetric_product,
+    FULL_SPECTRUM, GRAM_BLOCK_ROWS, HOST_SIDE, METRICS, RESULT_FIELDS, UNDERFLOW, empty_row,
+    exact_gram, exact_row, exact_spectrum, full_spectrum_dtype, gram_matrix,
+    metrics_from_eigenvalues, row_from_gram, symmetric_product,
 )  # fmt: skip
 from ndtracker.lanczos import (  # noqa: F401  (re-exported)
     BATCH_SIDE, COLD_DEPTH, FLOOR_DECAY, GAP_TRUST, KRYLOV_BLOCK, MAX_DEPTH, MIN_DEPTH, TOLERANCE,
-    WARM_NOISE, Prepared, StreamingSpectrum, finish, prepare,
+    WARM_NOISE, Krylov, Prepared, StreamingSpectrum, group_key, prepare, run,
 )  # fmt: skip
 from ndtracker.matrices import ConvLayout, activation_matrix, subsample_rows, weight_matrix
 
@@ -87,12 +88,14 @@ def measure_many(jobs: list[Job]) -> tuple[list[list[float]], list[str]]:
     """Measure a batch of matrices with one host transfer (two if a stream missed its tolerance).
 
     Randomized streams whose Grams have the same small size share one batched Lanczos run (at
-    these sizes the cost is in the number of tensor operations, not in the arithmetic). Results
-    whose λ₁ error estimate exceeds :data:`TOLERANCE`, or is NaN (a float32 route could not be
-    trusted: non-finite entries, or magnitudes out of float32's range), are measured again
-    (:func:`_redo`: a second transfer, for those rows only), and every stream tunes its Lanczos
-    depth from its error (:meth:`StreamingSpectrum.adapt`). So every figure returned is within
-    the tolerance, and misses stay rare once a stream has settled.
+    these sizes the cost is in the number of tensor operations, not in the arithmetic). The small
+    eigenproblems (Rayleigh–Ritz, Grams of at most :data:`HOST_SIDE`) are solved on the host after
+    the transfer, so on a GPU the sample synchronises once, not once per layer. Results whose λ₁
+    error estimate exceeds :data:`TOLERANCE`, or is NaN (a float32 route could not be trusted:
+    non-finite entries, or magnitudes out of float32's range), are measured again (:func:`_redo`:
+    a second transfer, for those rows only), and every stream tunes its Lanczos depth from its
+    error (:meth:`StreamingSpectrum.adapt`). So every figure returned is within the tolerance, and
+    misses stay rare once a stream has settled.
 
     Returns:
         The rows laid out as :data:`RESULT_FIELDS` (Python floats), and the estimator each row used.
@@ -103,7 +106,7 @@ def measure_many(jobs: list[Job]) -> tuple[list[list[float]], list[str]]:
     """
     if not jobs:
         return [], []
-    table = torch.stack(_measure_rows(jobs)).cpu().tolist()
+    table = _measure_rows(jobs)
     used = [j.estimator for j in jobs]
     redo = [i for i, row in enumerate(table) if not row[4] <= TOLERANCE]  # NaN included
     for i, job in enumerate(jobs):
@@ -125,13 +128,12 @@ def _redo(jobs: list[Job], redo: list[int], table: list[list[float]], used: list
     """
     deeper = [i for i in redo if math.isfinite(table[i][4]) and jobs[i].state is not None]
     if deeper:
-        again = torch.stack(_measure_rows([jobs[i] for i in deeper])).cpu().tolist()
-        for i, row in zip(deeper, again):
+        for i, row in zip(deeper, _measure_rows([jobs[i] for i in deeper])):
             table[i] = row if row[4] <= TOLERANCE else table[i]
     exact = [i for i in redo if not table[i][4] <= TOLERANCE]
     if exact:
         again = [Job(jobs[i].matrix, "exact", jobs[i].metrics) for i in exact]
-        for i, row in zip(exact, torch.stack(_measure_rows(again, wide=True)).cpu().tolist()):
+        for i, row in zip(exact, _measure_rows(again, wide=True)):
             table[i], used[i] = row, "exact"
 
 
@@ -144,8 +146,8 @@ def measure(
 ) -> torch.Tensor:
     """Measure one matrix: metrics, λ₁ error estimate, finiteness flag and total energy.
 
-    Nothing here synchronises with the host; :func:`measure_many` measures the matrices of all
-    layers together and moves them in one transfer.
+    Unlike :func:`measure_many`, a randomized result that misses :data:`TOLERANCE` is returned as
+    it is (its error estimate says so) and the stream's depth is not tuned.
 
     Args:
         matrix: 2-D float tensor ``(rows, features)``.
@@ -155,15 +157,15 @@ def measure(
         state: The stream's warm-start state (``randomized`` only); updated in place.
 
     Returns:
-        A float64 tensor (float32 on devices without float64) laid out as
-        :data:`RESULT_FIELDS`: the four metrics, the relative error estimate of λ₁ (0 for exact;
-        NaN when the float32 route cannot be trusted), 1.0 if every entry was finite else 0.0, and
-        Σλ (0 for an all-zero matrix).
+        A float64 CPU tensor laid out as :data:`RESULT_FIELDS`: the four metrics, the relative
+        error estimate of λ₁ (0 for exact; NaN when the float32 route cannot be trusted), 1.0 if
+        every entry was finite else 0.0, and Σλ (0 for an all-zero matrix).
 
     Raises:
         ValueError: On an unknown estimator or a full-spectrum metric with ``"randomized"``.
     """
-    return _measure_rows([Job(matrix, estimator, frozenset(metrics), state)])[0]
+    row = _measure_rows([Job(matrix, estimator, frozenset(metrics), state)])[0]
+    return torch.tensor(row, dtype=torch.float64)
 
 
 def _check(job: Job) -> None:
@@ -176,31 +178,92 @@ def _check(job: Job) -> None:
         )
 
 
-def _measure_rows(jobs: list[Job], wide: bool = False) -> list[torch.Tensor]:
-    """Each job's result vector, on its device; small randomized Grams of one size batched.
+@dataclass
+class _DeviceRow:
+    """A result row computed on the device (empty matrices, exact Grams above HOST_SIDE)."""
 
-    A job whose Gram is too large to batch is finished at once, so at most one large Gram is
-    alive at a time (the batched ones are at most :data:`BATCH_SIDE` square). ``wide`` makes the
-    exact estimator work in float64 whatever the metrics (for re-measurements).
+    parts: list[torch.Tensor]
+
+    def conclude(self, parts: list[torch.Tensor]) -> list[list[float]]:
+        return [parts[0].tolist()]
+
+
+@dataclass
+class _HostGram:
+    """A small exact Gram, decomposed on the host after the transfer."""
+
+    parts: list[torch.Tensor]
+    metrics: frozenset[str]
+    wide: bool
+
+    def conclude(self, parts: list[torch.Tensor]) -> list[list[float]]:
+        return [row_from_gram(parts[0], self.metrics, self.wide).tolist()]
+
+
+def _measure_rows(jobs: list[Job], wide: bool = False) -> list[list[float]]:
+    """Each job's result row: device work for all jobs, one transfer, then the host's share.
+
+    Randomized Grams of one small size are formed into one batch buffer and share a Lanczos run;
+    a job whose Gram is too large to batch runs at once, and no Gram is kept past its run, so at
+    most one large Gram is alive at a time (the batched ones are at most :data:`BATCH_SIDE`
+    square). ``wide`` makes the exact estimator work in float64 whatever the metrics (for
+    re-measurements).
     """
     for job in jobs:
         _check(job)
-    rows: list[torch.Tensor | None] = [None] * len(jobs)
-    groups: dict[tuple, list[tuple[int, Prepared]]] = {}
+    pending: list[tuple[list[int], _DeviceRow | _HostGram | Krylov]] = []
+    groups: dict[tuple, list[tuple[int, torch.Tensor]]] = {}
     for i, job in enumerate(jobs):
         x = job.matrix.float()
         if x.shape[0] == 0 or x.shape[1] == 0:
-            rows[i] = empty_row(x)
+            pending.append(([i], _DeviceRow([empty_row(x)])))
         elif job.estimator == "exact":
-            rows[i] = exact_row(x, job.metrics, wide)
+            pending.append(([i], _exact_pending(x, job.metrics, wide)))
+        elif (key := group_key(x, job.metrics)) is None:
+            pending.append(([i], run([prepare(x, job.metrics, _state(job))])))
         else:
-            prepared = prepare(x, frozenset(job.metrics), job.state or StreamingSpectrum())
-            key = prepared.group()
-            if key is None:
-                rows[i] = finish([prepared])[0]
-            else:
-                groups.setdefault(key, []).append((i, prepared))
-    for members in groups.values():
-        for (i, _), row in zip(members, finish([p for _, p in members])):
+            groups.setdefault(key, []).append((i, x))
+    for (side, device, metrics), members in groups.items():
+        grams = torch.empty(len(members), side, side, device=device, dtype=torch.float32)
+        prepared = [prepare(x, metrics, _state(jobs[i]), out) for (i, x), out in zip(members, grams)]
+        pending.append(([i for i, _ in members], run(prepared)))
+    rows: list[list[float]] = [[]] * len(jobs)
+    for (indices, item), parts in zip(pending, _to_host([item.parts for _, item in pending])):
+        for i, row in zip(indices, item.conclude(parts)):
             rows[i] = row
-    return rows  # type: ignore[return-value]
+    return rows
+
+
+def _state(job: Job) -> StreamingSpectrum:
+    """The job's stream state, or a fresh one for a job measured without a stream."""
+    return job.state if job.state is not None else StreamingSpectrum()
+
+
+def _exact_pending(x: torch.Tensor, metrics: frozenset[str], wide: bool) -> _DeviceRow | _HostGram:
+    gram = exact_gram(x, metrics, wide)
+    if gram.shape[0] <= HOST_SIDE:
+        return _HostGram([gram], metrics, wide)
+    return _DeviceRow([row_from_gram(gram, metrics, wide)])
+
+
+def _to_host(batches: list[list[torch.Tensor]]) -> list[list[torch.Tensor]]:
+    """Move every tensor to the host with one transfer per device; same nesting and shapes.
+
+    Each device's tensors travel as one flat buffer in :func:`full_spectrum_dtype` (float64, or
+    float32 from devices without it), and come back as views of it on the CPU.
+    """
+    flat = [t for batch in batches for t in batch]
+    host: list[torch.Tensor | None] = [None] * len(flat)
+    by_device: dict[torch.device, list[int]] = {}
+    for k, tensor in enumerate(flat):
+        by_device.setdefault(tensor.device, []).append(k)
+    for device, ks in by_device.items():
+        dtype = full_spectrum_dtype(device)
+        buffer = torch.cat([flat[k].reshape(-1).to(dtype) for k in ks]).cpu()
+        for k, piece in zip(ks, buffer.split([flat[k].numel() for k in ks])):
+            host[k] = piece.view(flat[k].shape)
+    out, k = [], 0
+    for batch in batches:
+        out.append(host[k : k + len(batch)])
+        k += len(batch)
+    return out  # type: ignore[return-value]

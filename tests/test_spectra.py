@@ -196,10 +196,40 @@ def test_property_exact_matches_oracle_on_random_shapes(rows, cols, rank, dtype,
     assert 1 <= e90 <= rank
 
 
-@pytest.mark.parametrize("rows", [1, 10, 191, 192, 385, 800])
-def test_symmetric_product_equals_the_plain_product(rows):
-    a = torch.randn(rows, 37, dtype=torch.float64, generator=torch.Generator().manual_seed(rows))
+@pytest.mark.parametrize("rows", [1, 10, 191, 512, 515, 800])
+@pytest.mark.parametrize("cols", [37, 600])
+def test_symmetric_product_equals_the_plain_product(rows, cols):
+    """Plain below 512 x 512, from upper blocks above (uneven ones at 515 and 800 rows)."""
+    a = torch.randn(rows, cols, dtype=torch.float64, generator=torch.Generator().manual_seed(rows))
     torch.testing.assert_close(spectra.symmetric_product(a), a @ a.T, rtol=1e-12, atol=1e-12)
+    batch = torch.full((2, rows, rows), math.nan, dtype=torch.float64)
+    assert spectra.symmetric_product(a, out=batch[1]).data_ptr() == batch[1].data_ptr()
+    torch.testing.assert_close(batch[1], a @ a.T, rtol=1e-12, atol=1e-12)
+    assert batch[0].isnan().all()  # the other slot is untouched
+
+
+def test_small_eigenproblems_wait_for_the_one_host_transfer(monkeypatch):
+    """Every eigensolver of a sample of small Grams runs after its single transfer to the host
+    (on a GPU the solver's error check is a synchronisation, so none may run per layer)."""
+    events: list[str] = []
+    for name in ("eigh", "eigvalsh"):
+        solver = getattr(torch.linalg, name)
+        monkeypatch.setattr(torch.linalg, name, lambda *a, _f=solver, **k: events.append("solve") or _f(*a, **k))
+    to_host = spectra._to_host
+    monkeypatch.setattr(spectra, "_to_host", lambda batches: events.append("transfer") or to_host(batches))
+    power = spectrum("power", 120)
+    jobs = [
+        Job(planted(120, 300, power, seed=1), "randomized", MOMENTS, StreamingSpectrum()),
+        Job(planted(300, 120, power, seed=2), "randomized", MOMENTS, StreamingSpectrum()),  # batched
+        Job(planted(120, 200, power, seed=3), "randomized", frozenset({"stable_rank"}), StreamingSpectrum()),
+        Job(planted(100, 40, spectrum("power", 40), seed=4), "exact", MOMENTS),
+        Job(planted(100, 40, spectrum("deficient", 40), seed=5), "exact", ALL),
+    ]
+    table, used = measure_many(jobs)
+    assert used == [job.estimator for job in jobs]  # nothing was redone
+    assert events[0] == "transfer" and events.count("transfer") == 1 and "solve" in events
+    for job, row in zip(jobs, table):
+        assert_close_to_oracle(row, oracle(job.matrix), job.metrics)
 
 
 def test_gram_matrix_takes_the_smaller_side():
