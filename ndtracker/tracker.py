@@ -290,11 +290,12 @@ class Tracker:
 
     def _finish_sample(self, loss: float | torch.Tensor | None) -> None:
         """Measure the captures and weights of the sampled step, log the rows, disarm."""
-        step, now, loss = self._step, time.time(), loss_value(loss)
+        step, now = self._step, time.time()
         try:
             with_weights = self._options.weights_at(step)
             jobs, keys = sample_jobs(self._layers, self._options, with_weights, self._warn_once)
             table, used = measure_jobs(jobs, keys, self._warn_once)
+            loss = loss_value(loss)  # read after the measurement's transfer: no extra GPU stall
             rows = [
                 log_row(step, (name, space), jobs[i], table[i], used[i], self._options.metrics,
                         self._warn_once) | {"loss": loss, "wall_time": now}
