@@ -17,6 +17,7 @@ reports a NaN error estimate, and is redone in float64.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -30,6 +31,9 @@ RESULT_FIELDS: tuple[str, ...] = METRICS + ("lambda_error", "finite", "energy")
 UNDERFLOW = 1e-30  # a float32 Σλ below this (but not 0) may hide underflowed products: redo exactly
 GRAM_BLOCK_ROWS = 128  # rows per block of a Gram formed from its upper blocks
 GRAM_BLOCKS = 4  # blocks at least (and at most) for the upper-block product: from 512 rows
+# CUDA compute capabilities with half-rate float64 (P100, V100, A100, H100/H200, B100/B200); the
+# others run it at 1/32-1/64 of float32 (CUDA C Programming Guide, arithmetic instruction table)
+FAST_FLOAT64_CUDA = frozenset({(6, 0), (7, 0), (8, 0), (9, 0), (10, 0)})
 HOST_SIDE = 128  # exact Grams up to this size are decomposed on the host, after the one transfer
 
 TINY = torch.finfo(torch.float32).tiny
@@ -111,8 +115,31 @@ def symmetric_product(a: torch.Tensor, out: torch.Tensor | None = None) -> torch
 
 
 def full_spectrum_dtype(device: torch.device) -> torch.dtype:
-    """Float64 where the device has it (CPU, CUDA), float32 elsewhere (MPS has no float64)."""
+    """Float64 where the device has it (CPU, CUDA), float32 elsewhere (MPS has no float64).
+
+    Effective rank and energy90 weigh the small eigenvalues, which a float32 Gram cannot resolve
+    below ~n·1e-7 of λ₁ (a spectrum with a 1e-5 tail came out at effective rank 2.3 instead of
+    11.3), so the full-spectrum route uses float64 even on GPUs where it is slow; those metrics
+    are opt-in, and their cost is in ``benchmarks/RESULTS.md``.
+    """
     return torch.float64 if device.type in ("cpu", "cuda") else torch.float32
+
+
+def top_dtype(device: torch.device) -> torch.dtype:
+    """The dtype for λ₁ alone: float64 where it is fast (CPU, data-centre CUDA GPUs), else float32.
+
+    Consumer and workstation GPUs run float64 at 1/32 to 1/64 of their float32 rate; a float32
+    eigensolver finds λ₁ to ~1e-6, well inside the 1e-3 asked of stable rank.
+    """
+    if device.type == "cpu" or (device.type == "cuda" and _fast_float64_cuda(device)):
+        return torch.float64
+    return torch.float32
+
+
+@functools.cache
+def _fast_float64_cuda(device: torch.device) -> bool:
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return tuple(torch.cuda.get_device_capability(index)) in FAST_FLOAT64_CUDA
 
 
 def empty_row(x: torch.Tensor) -> torch.Tensor:
@@ -167,12 +194,18 @@ def _wide_row(gram: torch.Tensor, metrics: frozenset[str] | set[str]) -> torch.T
     """
     dtype = full_spectrum_dtype(gram.device)
     energy = torch.trace(gram).to(dtype)
-    values = metrics_from_eigenvalues(torch.linalg.eigvalsh(gram.nan_to_num(0.0, 0.0, 0.0)))
+    eigenvalues = torch.linalg.eigvalsh(gram.nan_to_num(0.0, 0.0, 0.0))
+    values = metrics_from_eigenvalues(eigenvalues).to(dtype)
+    # The two moment metrics from the trace and ‖G‖²_F, not from the eigenvalues: those below the
+    # Gram's round-off are zeroed, and in float32 that cuts small real ones too (a 1e-5 tail)
+    top = eigenvalues[-1].to(dtype)
+    squares = gram.square().sum().to(dtype)
+    values = torch.cat([torch.stack([energy / top, energy.square() / squares]), values[2:]])
     if set(metrics) != set(METRICS):  # NaN for the metrics not asked for
         keep = [1.0 if m in metrics else math.nan for m in METRICS]
         values = values * torch.tensor(keep, dtype=values.dtype, device=values.device)
     extra = torch.stack([torch.zeros_like(energy), torch.isfinite(energy).to(dtype), energy])
-    return torch.cat([values.to(dtype), extra])
+    return torch.cat([values, extra])
 
 
 def _moments_row(gram: torch.Tensor, metrics: frozenset[str] | set[str]) -> torch.Tensor:
@@ -185,7 +218,8 @@ def _moments_row(gram: torch.Tensor, metrics: frozenset[str] | set[str]) -> torc
     """
     dtype = full_spectrum_dtype(gram.device)
     total = torch.trace(gram).to(dtype)
-    top = torch.linalg.eigvalsh(gram.to(dtype).nan_to_num(0.0, 0.0, 0.0))[-1]
+    clean = gram.to(top_dtype(gram.device)).nan_to_num(0.0, 0.0, 0.0)
+    top = torch.linalg.eigvalsh(clean)[-1].to(dtype)
     nan = torch.full_like(total, math.nan)
     stable = total / top if "stable_rank" in metrics else nan
     participation = nan

@@ -190,14 +190,16 @@ class _DeviceRow:
 
 @dataclass
 class _HostGram:
-    """A small exact Gram, decomposed on the host after the transfer."""
+    """A small exact Gram, decomposed on the host after the transfer, in the dtype it was formed in
+    (so round-off is judged by the precision the Gram really has)."""
 
     parts: list[torch.Tensor]
     metrics: frozenset[str]
     wide: bool
 
     def conclude(self, parts: list[torch.Tensor]) -> list[list[float]]:
-        return [row_from_gram(parts[0], self.metrics, self.wide).tolist()]
+        gram = parts[0].to(self.parts[0].dtype)
+        return [row_from_gram(gram, self.metrics, self.wide).tolist()]
 
 
 def _measure_rows(jobs: list[Job], wide: bool = False) -> list[list[float]]:
@@ -249,8 +251,8 @@ def _exact_pending(x: torch.Tensor, metrics: frozenset[str], wide: bool) -> _Dev
 def _to_host(batches: list[list[torch.Tensor]]) -> list[list[torch.Tensor]]:
     """Move every tensor to the host with one transfer per device; same nesting and shapes.
 
-    Each device's tensors travel as one flat buffer in :func:`full_spectrum_dtype` (float64, or
-    float32 from devices without it), and come back as views of it on the CPU.
+    Each device's tensors travel as one flat buffer in float64 (float32 from MPS, which has no
+    float64), and come back as views of it on the CPU.
     """
     flat = [t for batch in batches for t in batch]
     host: list[torch.Tensor | None] = [None] * len(flat)
@@ -258,7 +260,7 @@ def _to_host(batches: list[list[torch.Tensor]]) -> list[list[torch.Tensor]]:
     for k, tensor in enumerate(flat):
         by_device.setdefault(tensor.device, []).append(k)
     for device, ks in by_device.items():
-        dtype = full_spectrum_dtype(device)
+        dtype = torch.float32 if device.type == "mps" else torch.float64
         buffer = torch.cat([flat[k].reshape(-1).to(dtype) for k in ks]).cpu()
         for k, piece in zip(ks, buffer.split([flat[k].numel() for k in ks])):
             host[k] = piece.view(flat[k].shape)

@@ -346,3 +346,38 @@ def test_a_missed_tolerance_is_redone_deeper_then_exactly_and_stays_accurate(mon
     assert table[0][4] <= spectra.TOLERANCE and state.fallbacks == 1
     assert calls[:2] == [["randomized"], ["randomized"]]  # the first run, then the deeper one
     assert used == (["exact"] if len(calls) == 3 else ["randomized"])
+
+
+@pytest.mark.parametrize(
+    ("capability", "expected"),
+    [((9, 0), torch.float64), ((8, 0), torch.float64), ((8, 6), torch.float32), ((8, 9), torch.float32), ((7, 5), torch.float32)],
+)
+def test_lambda_one_in_float64_only_where_it_is_fast(monkeypatch, capability, expected):
+    """Data-centre GPUs (half-rate float64) keep float64 for λ₁; consumer ones (1/32-1/64) don't."""
+    from ndtracker import exact
+
+    exact._fast_float64_cuda.cache_clear()
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=None: capability)
+    try:
+        assert exact.top_dtype(torch.device("cuda", 0)) == expected
+    finally:
+        exact._fast_float64_cuda.cache_clear()
+    assert exact.top_dtype(torch.device("cpu")) == torch.float64
+    assert exact.top_dtype(torch.device("mps")) == torch.float32
+
+
+@pytest.mark.parametrize("kind", ["flat", "power", "spiked", "deficient"])
+@pytest.mark.parametrize("shape", [(150, 220), (40, 300)])  # a device Gram, and a host one
+def test_float32_routes_keep_the_moment_metrics_accurate(monkeypatch, kind, shape):
+    """Without fast float64 (λ₁ in float32) or without any (MPS: the whole exact route in float32,
+    scaled), stable rank and participation ratio stay within 1e-3, even where a float32 Gram
+    cannot resolve a spectrum's small tail (they come from the trace and ‖G‖_F, not from it)."""
+    from ndtracker import exact
+
+    x = planted(*shape, spectrum(kind, min(shape)))
+    expected = oracle(x)
+    monkeypatch.setattr(exact, "top_dtype", lambda device: torch.float32)
+    assert_close_to_oracle(measure(x, estimator="exact", metrics=MOMENTS).tolist(), expected, MOMENTS)
+    monkeypatch.setattr(exact, "full_spectrum_dtype", lambda device: torch.float32)
+    values = measure(x, estimator="exact").tolist()
+    assert_close_to_oracle(values[:2] + [math.nan, math.nan], expected, MOMENTS)
