@@ -9,7 +9,6 @@ import io
 import json
 import os
 import re
-import warnings
 from pathlib import Path
 
 import numpy as np
