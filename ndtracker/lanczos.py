@@ -185,15 +185,19 @@ class Krylov:
         return torch.stack([stable, participation, nan, nan, error, finite, total], dim=1).tolist()
 
 
-def run(group: list[Prepared]) -> Krylov:
-    """One batched Lanczos run for a group of prepared jobs; no host synchronisation."""
+def run(group: list[Prepared], grams: torch.Tensor | None = None) -> Krylov:
+    """One batched Lanczos run for a group of prepared jobs; no host synchronisation.
+
+    ``grams`` is the ``(batch, n, n)`` buffer the group's Grams were formed in (see
+    :func:`prepare`'s ``out``); a single job runs on its own Gram (or on ``X`` without one).
+    """
     first = group[0]
     if first.gram is None:
         x = first.x
         apply = lambda q: torch.mm(torch.mm(q[0], x.T), x).unsqueeze(0)  # noqa: E731  q Xᵀ X
     else:
-        grams = first.gram.unsqueeze(0) if len(group) == 1 else torch.stack([p.gram for p in group])
-        apply = lambda q: torch.bmm(q, grams)  # noqa: E731  (q G = (G q)ᵀ: G is symmetric)
+        batch = first.gram.unsqueeze(0) if grams is None else grams
+        apply = lambda q: torch.bmm(q, batch)  # noqa: E731  (q G = (G q)ᵀ: G is symmetric)
     depth = max(p.depth for p in group)
     coefficients, beta, basis = _lanczos(apply, torch.stack([p.start for p in group]), depth)
     parts = [coefficients, beta, torch.stack([p.total for p in group])]

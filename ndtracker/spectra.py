@@ -228,7 +228,7 @@ def _measure_rows(jobs: list[Job], wide: bool = False) -> list[list[float]]:
     for (side, device, metrics), members in groups.items():
         grams = torch.empty(len(members), side, side, device=device, dtype=torch.float32)
         prepared = [prepare(x, metrics, _state(jobs[i]), out) for (i, x), out in zip(members, grams)]
-        pending.append(([i for i, _ in members], run(prepared)))
+        pending.append(([i for i, _ in members], run(prepared, grams)))
     rows: list[list[float]] = [[]] * len(jobs)
     for (indices, item), parts in zip(pending, _to_host([item.parts for _, item in pending])):
         for i, row in zip(indices, item.conclude(parts)):
