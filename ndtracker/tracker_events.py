@@ -13,7 +13,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from ndtracker.jumps import Jump
+from ndtracker.detect import Jump
 
 Warn = Callable[[str, str, str], None]
 
@@ -101,7 +101,7 @@ class StepDetector:
         return [self._row(event) for event in self._detector.finish()]
 
     def _row(self, event: Any) -> dict[str, Any]:
-        """An event row: a :class:`~ndtracker.jumps.Jump` or a phase change (``kind``)."""
+        """An event row: a :class:`~ndtracker.detect.Jump` or a phase change (``kind``)."""
         row = {"step": self._steps[event.index], "metric": self._metric}
         if isinstance(event, Jump):
             return row | {"kind": "jump", "direction": int(event.direction), "size": float(event.size),

@@ -20,9 +20,9 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from numpy.typing import ArrayLike
 
-from ndtracker.jumps import _JumpOptions
-from ndtracker.linefit import _bend_fits, _prefix_sums, _residuals, _rss_table, _slope
-from ndtracker.robust import _LAGS, _check, _clipped, _noise_variance, _prepare, _second_differences
+from ndtracker.detect.jumps import _JumpOptions
+from ndtracker.detect._linefit import _bend_fits, _prefix_sums, _residuals, _rss_table, _slope
+from ndtracker.detect._robust import _LAGS, _check, _clipped, _noise_variance, _prepare, _second_differences
 
 __all__ = ["Phase", "PhaseKind", "label_phases"]
 

@@ -1,4 +1,4 @@
-"""Tests of the shared statistics of detection: ndtracker.robust and ndtracker.linefit.
+"""Tests of the shared statistics of detection: ndtracker.detect._robust and ndtracker.detect._linefit.
 
 Each fast routine is checked against the plain numpy computation it replaces (exact equality
 where the arithmetic is the same, a tolerance where only the summation order differs).
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from numpy.lib.stride_tricks import sliding_window_view
 
-from ndtracker.linefit import _bend_fits, _prefix_sums, _rss_table
-from ndtracker.robust import _BLOCK, _PHI_GRID, _ar1_fit, _block_sd, _clipped, _robust_sd, _running_median
+from ndtracker.detect._linefit import _bend_fits, _prefix_sums, _rss_table
+from ndtracker.detect._robust import _BLOCK, _PHI_GRID, _ar1_fit, _block_sd, _clipped, _robust_sd, _running_median
 
 
 def padded_running_median(y: np.ndarray, half: int) -> np.ndarray:

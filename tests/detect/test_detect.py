@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 from synthetic_series import labels_of, null, quiet_jumps, steps, trajectory
 
-from ndtracker import detect, jumps, online, phases
+from ndtracker import detect
+from ndtracker.detect import jumps, online, phases
 from ndtracker.detect import OnlineDetector, Phase, find_anomalies, find_jumps, label_phases
 
 # ----------------------------------------------------------------------------- jumps

@@ -1,4 +1,4 @@
-"""Tests of ndtracker.online: the online detector agrees with the offline one, in bounded memory."""
+"""Tests of ndtracker.detect.online: the online detector agrees with the offline one, in bounded memory."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 from synthetic_series import ar1, quiet_jumps, steps, trajectory
 
 from ndtracker.detect import Jump, OnlineDetector, PhaseChange, find_jumps, label_phases
-from ndtracker.online import _BlockAccumulator
-from ndtracker.phases import _block_sums
+from ndtracker.detect.online import _BlockAccumulator
+from ndtracker.detect.phases import _block_sums
 
 
 def run_online(x: np.ndarray, **options: float) -> tuple[OnlineDetector, list, list[int]]:

@@ -2,14 +2,14 @@
 
 The one import path for detection; each concept lives in its own module:
 
-- :mod:`ndtracker.jumps`: :func:`find_jumps` (persistent level shifts, as :class:`Jump` records)
+- :mod:`ndtracker.detect.jumps`: :func:`find_jumps` (persistent level shifts, as :class:`Jump` records)
   and :func:`find_anomalies` (isolated outliers).
-- :mod:`ndtracker.phases`: :func:`label_phases` (contiguous :class:`Phase` records of collapse,
+- :mod:`ndtracker.detect.phases`: :func:`label_phases` (contiguous :class:`Phase` records of collapse,
   expansion and stabilization).
-- :mod:`ndtracker.online`: :class:`OnlineDetector`, fed one value at a time (bounded memory and
+- :mod:`ndtracker.detect.online`: :class:`OnlineDetector`, fed one value at a time (bounded memory and
   lag), whose jumps equal :func:`find_jumps` and final phases :func:`label_phases` on the same
   series; it emits :class:`Jump` and :class:`PhaseChange` events.
-- :mod:`ndtracker.robust` and :mod:`ndtracker.linefit`: the robust noise statistics and the
+- `_robust` and `_linefit`: the robust noise statistics and the
   least-squares line fits they share.
 
 Indices are positions in the input: non-finite values count as positions but are skipped (never
@@ -28,10 +28,10 @@ from __future__ import annotations
 
 from numpy.typing import ArrayLike
 
-from ndtracker.jumps import Jump, _jump_candidates, _JumpOptions, _to_jump, find_anomalies, find_jumps
-from ndtracker.online import Event, OnlineDetector, PhaseChange
-from ndtracker.phases import Phase, PhaseKind, _phases_of_clipped, _PhaseOptions, _too_short, label_phases
-from ndtracker.robust import _clipped, _prepare
+from ndtracker.detect.jumps import Jump, _jump_candidates, _JumpOptions, _to_jump, find_anomalies, find_jumps
+from ndtracker.detect.online import Event, OnlineDetector, PhaseChange
+from ndtracker.detect.phases import Phase, PhaseKind, _phases_of_clipped, _PhaseOptions, _too_short, label_phases
+from ndtracker.detect._robust import _clipped, _prepare
 
 __all__ = [
     "Jump",

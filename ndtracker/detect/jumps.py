@@ -28,8 +28,8 @@ from functools import cache, cached_property
 import numpy as np
 from numpy.typing import ArrayLike
 
-from ndtracker.linefit import _bend_rss, _line_rss
-from ndtracker.robust import (
+from ndtracker.detect._linefit import _bend_rss, _line_rss
+from ndtracker.detect._robust import (
     _BLOCK,
     _LAGS,
     _PHI_GRID,

@@ -5,7 +5,7 @@ robust sd (MAD) of each block of ``_BLOCK`` samples, the median of the block val
 context of blocks around each position, a running median to clip outliers against, and an AR(1)
 noise model (sd and lag-1 autocorrelation) fitted to robust variances of second differences.
 Blocks are aligned at sample 0, so a computation on a block-aligned part of a series gives the
-same numbers there as on the whole (what lets :mod:`ndtracker.online` agree with the offline
+same numbers there as on the whole (what lets :class:`~ndtracker.detect.OnlineDetector` agree with the offline
 functions).
 """
 

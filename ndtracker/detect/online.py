@@ -1,9 +1,9 @@
 """Detect jumps and phase changes one value at a time, with bounded memory and lag.
 
-Every decision of :func:`~ndtracker.jumps.find_jumps` about position ``t`` depends only on the
+Every decision of :func:`~ndtracker.detect.find_jumps` about position ``t`` depends only on the
 finite samples within a fixed horizon around ``t``, so :class:`OnlineDetector` reports exactly the
 jumps of ``find_jumps`` on the same series; its final phases equal
-:func:`~ndtracker.phases.label_phases`.
+:func:`~ndtracker.detect.label_phases`.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from typing import Union
 
 import numpy as np
 
-from ndtracker.jumps import Jump, _jump_candidates, _JumpOptions, _to_jump
-from ndtracker.phases import Phase, PhaseKind, _block_sums, _label_blocks, _PhaseOptions
-from ndtracker.robust import _BLOCK, _check, _clipped
+from ndtracker.detect.jumps import Jump, _jump_candidates, _JumpOptions, _to_jump
+from ndtracker.detect.phases import Phase, PhaseKind, _block_sums, _label_blocks, _PhaseOptions
+from ndtracker.detect._robust import _BLOCK, _check, _clipped
 
 __all__ = ["PhaseChange", "Event", "OnlineDetector"]
 
