@@ -34,7 +34,8 @@ from dataclasses import dataclass, field
 import torch
 
 from ndtracker import spectra
-from ndtracker.spectra import METRICS, Job, StreamingSpectrum, measure_many
+from ndtracker.vocabulary import METRICS
+from ndtracker.spectra import Job, StreamingSpectrum, measure_many
 
 SHAPES = ((256, 512), (1024, 4096), (4096, 768), (128 * 32 * 32, 64), (128, 64 * 32 * 32))
 SPECTRA = ("power", "flat")

@@ -54,13 +54,14 @@ from torch import nn
 
 import ndtracker
 from ndtracker import spectra
-from ndtracker.layers import DEFAULT_MAX_LAYERS, select_layers
+from ndtracker.vocabulary import METRICS
+from ndtracker.tracking.layers import DEFAULT_MAX_LAYERS, select_layers
 from ndtracker.spectra import Job, StreamingSpectrum
 
 PEER = Path(__file__).resolve().parents[1] / ".bench" / "peer"
 ROUND_STEPS = 50  # steps per arm per round: one sample at every=50, ten at every=5
 BLOCK_STEPS = 10  # steps an arm runs before the next arm's turn
-ALL_METRICS = spectra.METRICS
+ALL_METRICS = METRICS
 
 
 # ------------------------------------------------------------------------------------ workloads

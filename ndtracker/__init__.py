@@ -18,13 +18,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ndtracker.errors import NdtrackerError, RunNotFoundError, SchemaError
-
-__version__ = "0.1.0"
+from ndtracker.version import __version__
 
 __all__ = [
     "Tracker",
     "load",
     "report",
+    "compare",
     "NdtrackerError",
     "RunNotFoundError",
     "SchemaError",
@@ -32,13 +32,18 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ndtracker.reporting import report
+    from ndtracker.reports import compare, report
     from ndtracker.store import load
-    from ndtracker.tracker import Tracker
+    from ndtracker.tracking import Tracker
 
-# The report lives in `reporting.py`, not `report.py`: a submodule named like the function would
-# shadow `ndtracker.report` with a module object as soon as anything imported it.
-_LAZY = {"Tracker": "ndtracker.tracker", "load": "ndtracker.store", "report": "ndtracker.reporting"}
+# The reports live in `reports/`, not `report/`: a subpackage named like the function would shadow
+# `ndtracker.report` with a module object as soon as anything imported it.
+_LAZY = {
+    "Tracker": "ndtracker.tracking",
+    "load": "ndtracker.store",
+    "report": "ndtracker.reports",
+    "compare": "ndtracker.reports",
+}
 
 
 def __getattr__(name: str) -> Any:

@@ -18,14 +18,14 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, NoReturn
 
-from ndtracker import store
 from ndtracker.errors import NdtrackerError
+from ndtracker.version import __version__
+from ndtracker.vocabulary import METRICS, SPACES
 
 if TYPE_CHECKING:  # pragma: no cover
     from rich.console import Console
 
-    from ndtracker.comparison import Comparison
-    from ndtracker.reporting import Report
+    from ndtracker.reports import Comparison, Report
 
 
 EXAMPLES = """examples:
@@ -76,8 +76,6 @@ def build_parser() -> argparse.ArgumentParser:
     Returns:
         The parser; each verb's namespace carries its ``handler``.
     """
-    from ndtracker import __version__
-
     parser = _Parser(
         prog="ndtracker", description="Phase reports of ndtracker runs, and a demo.",
         epilog=EXAMPLES,
@@ -109,11 +107,11 @@ def _add_compare(parser: argparse.ArgumentParser) -> None:
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--html", metavar="FILE", help="also write a self-contained HTML report")
-    parser.add_argument("--metric", default="stable_rank", choices=store.METRIC_NAMES,
+    parser.add_argument("--metric", default="stable_rank", choices=METRICS,
                         help="default: %(default)s")  # fmt: skip
     parser.add_argument("--layers", metavar="PATTERN",
                         help="glob over layer names, e.g. 'blocks.*'")  # fmt: skip
-    parser.add_argument("--space", choices=store.SPACES, help="one space only (default: both)")
+    parser.add_argument("--space", choices=SPACES, help="one space only (default: both)")
     parser.add_argument("--width", type=_positive, metavar="N", help="terminal width in columns")
     parser.add_argument("--workers", type=_positive, metavar="N",
                         help="detection processes for large runs (default: 1 per core, <= 8)")  # fmt: skip
@@ -138,9 +136,9 @@ def _positive(text: str) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from ndtracker import reporting
+    from ndtracker import reports
 
-    rep = reporting.report(
+    rep = reports.report(
         args.run, run_id=args.run_id, metric=args.metric, layers=args.layers,
         space=args.space, progress=True, workers=args.workers,
     )  # fmt: skip
@@ -148,9 +146,9 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from ndtracker import reporting
+    from ndtracker import reports
 
-    comparison = reporting.compare(
+    comparison = reports.compare(
         args.run_a, args.run_b, metric=args.metric, layers=args.layers, space=args.space,
         run_id_a=args.run_id_a, run_id_b=args.run_id_b, progress=True, workers=args.workers,
     )  # fmt: skip

@@ -23,10 +23,11 @@ import torch
 from rich.console import Console
 from torch import nn
 
-from ndtracker.reporting import progress_bar, report
-from ndtracker.tracker import Tracker
+from ndtracker.reports import report
+from ndtracker.reports.terminal import progress_bar
+from ndtracker.tracking import Tracker
+from ndtracker.vocabulary import METRICS
 
-METRICS = ("stable_rank", "participation_ratio", "effective_rank", "energy90")
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from training_helpers import B, assert_all_ok, hook_count, shapes, train
 
 import ndtracker
 from ndtracker import spectra
-from ndtracker.tracker import Tracker
+from ndtracker import Tracker
 
 
 # ------------------------------------------------------------------------------ models

@@ -28,7 +28,8 @@ from torch import nn
 
 import ndtracker
 from ndtracker import spectra
-from ndtracker.tracker import Tracker
+from ndtracker.vocabulary import METRICS
+from ndtracker import Tracker
 
 
 def hook_count(model: nn.Module) -> int:
@@ -246,7 +247,7 @@ def test_extreme_magnitudes_give_the_same_figures(tmp_path, scale):
         with torch.no_grad():
             model[0].weight.mul_(factor), model[0].bias.mul_(factor)  # outputs and weights at 1e±30
         torch.manual_seed(2)
-        options = dict(layers="0", metrics=spectra.METRICS, detect=False)
+        options = dict(layers="0", metrics=METRICS, detect=False)
         with Tracker(model, every=1, log_dir=str(tmp_path / name), **options) as t:
             model[0](torch.randn(64, 12)).sum().backward()
             t.step()

@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from ndtracker.layers import evenly_spaced, first_tensor, layer_weight, select_layers
-from ndtracker.tracker import Tracker
+from ndtracker.tracking.layers import evenly_spaced, first_tensor, layer_weight, select_layers
+from ndtracker import Tracker
 
 
 def mlp() -> nn.Module:

@@ -18,7 +18,7 @@ from torch.utils.checkpoint import checkpoint
 
 import ndtracker
 from ndtracker import spectra
-from ndtracker.tracker import Tracker
+from ndtracker import Tracker
 
 
 def hook_count(model: nn.Module) -> int:

@@ -20,7 +20,7 @@ from torch import nn
 
 import ndtracker
 from ndtracker.errors import SchemaError
-from ndtracker.tracker import Tracker
+from ndtracker import Tracker
 
 
 def mlp() -> nn.Module:

@@ -16,7 +16,8 @@ import pandas as pd
 import pytest
 from rich.console import Console
 
-from ndtracker import analysis, figures, reporting
+from ndtracker import reports as reporting
+from ndtracker.reports import analysis, figures
 from ndtracker.errors import NdtrackerError, RunNotFoundError, SchemaError
 from ndtracker.store import RunWriter
 

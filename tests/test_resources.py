@@ -19,8 +19,8 @@ from torch import nn
 
 import ndtracker
 from ndtracker import spectra
-from ndtracker.tracker import Tracker
-from ndtracker.tracker_events import StepAxis as _StepAxis
+from ndtracker import Tracker
+from ndtracker.tracking.events import StepAxis
 
 
 def mlp() -> nn.Module:
@@ -138,12 +138,12 @@ def test_close_stops_the_writer_thread(tmp_path):
 
 
 def test_step_axis_memory_grows_with_irregularities_not_with_length():
-    axis = _StepAxis()
+    axis = StepAxis()
     for step in range(0, 500_000, 5):
         axis.append(step)
     assert len(axis._runs) == 1 and axis[0] == 0 and axis[99_999] == 499_995
     irregular = [0, 5, 10, 12, 14, 100, 101, 200]
-    axis = _StepAxis()
+    axis = StepAxis()
     for step in irregular:
         axis.append(step)
     assert [axis[i] for i in range(len(irregular))] == irregular

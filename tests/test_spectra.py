@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ndtracker import spectra
-from ndtracker.spectra import METRICS, Job, StreamingSpectrum, measure, measure_many
+from ndtracker.spectra import Job, Result, StreamingSpectrum, batch, lanczos, measure, measure_many
+from ndtracker.vocabulary import METRICS
 
 ALL = frozenset(METRICS)
 MOMENTS = frozenset({"stable_rank", "participation_ratio"})
@@ -51,8 +52,12 @@ def spectrum(kind: str, rank: int) -> torch.Tensor:
     raise AssertionError(kind)
 
 
+def metrics_of(result: Result) -> torch.Tensor:
+    return torch.tensor(result.metrics, dtype=torch.float64)
+
+
 def assert_close_to_oracle(values, expected, metrics=ALL) -> None:
-    got = torch.as_tensor(values[:4], dtype=torch.float64)
+    got = metrics_of(values) if isinstance(values, Result) else torch.as_tensor(values[:4], dtype=torch.float64)
     tolerances = {"stable_rank": 1e-3, "participation_ratio": 1e-3, "effective_rank": 0.02, "energy90": 0.02}
     for i, name in enumerate(METRICS):
         if name in metrics:
@@ -67,7 +72,7 @@ def assert_close_to_oracle(values, expected, metrics=ALL) -> None:
 def test_exact_matches_svd_oracle(shape, kind):
     x = planted(*shape, spectrum(kind, min(shape)))
     result = measure(x, estimator="exact")
-    assert_close_to_oracle(result.tolist(), oracle(x))
+    assert_close_to_oracle(result, oracle(x))
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -84,17 +89,17 @@ def test_randomized_stream_matches_oracle_sample_after_sample(shape, kind):
     for _ in range(6):
         x = torch.randn(rows, cols, generator=g) @ mixing
         x = x - x.mean(0)
-        table, used = measure_many([Job(x, "randomized", MOMENTS, state)])
-        assert used[0] in ("randomized", "exact")
+        table = measure_many([Job(x, "randomized", MOMENTS, state)])
+        assert table[0].estimator in ("randomized", "exact")
         assert_close_to_oracle(table[0], oracle(x), MOMENTS)
 
 
 def test_randomized_without_participation_ratio_skips_the_gram():
     x = planted(512, 600, spectrum("spiked", 512))
     state = StreamingSpectrum()
-    table, _ = measure_many([Job(x, "randomized", frozenset({"stable_rank"}), state)])
+    table = measure_many([Job(x, "randomized", frozenset({"stable_rank"}), state)])
     assert_close_to_oracle(table[0], oracle(x), {"stable_rank"})
-    assert state.basis is not None and state.basis.shape == (600, spectra.KRYLOV_BLOCK)
+    assert state.basis is not None and state.basis.shape == (600, lanczos.KRYLOV_BLOCK)
 
 
 def test_randomized_refuses_full_spectrum_metrics():
@@ -114,30 +119,30 @@ def test_choose_estimator_by_metrics_and_size():
 @pytest.mark.parametrize("estimator,metrics", [("exact", ALL), ("randomized", MOMENTS)])
 def test_invariant_to_scale_rotation_and_row_permutation(estimator, metrics):
     x = planted(300, 400, spectrum("power", 300))
-    base = measure(x, estimator=estimator, metrics=metrics)[:4]
+    base = metrics_of(measure(x, estimator=estimator, metrics=metrics))
     q = torch.linalg.qr(torch.randn(400, 400, dtype=torch.float64)).Q.float()
     variants = [x * 1e6, x * 1e-6, x @ q, x[torch.randperm(300)]]
     for variant in variants:
-        got = measure(variant, estimator=estimator, metrics=metrics)[:4]
+        got = metrics_of(measure(variant, estimator=estimator, metrics=metrics))
         torch.testing.assert_close(got, base, rtol=2e-4, atol=0, equal_nan=True)
 
 
 def test_huge_magnitudes_do_not_overflow():
     x = planted(200, 300, spectrum("power", 200)) * 1e30
     result = measure(x, estimator="exact")
-    assert torch.isfinite(result[:4]).all()
-    assert_close_to_oracle(result.tolist(), oracle(x.double() / 1e30))
+    assert torch.isfinite(metrics_of(result)).all()
+    assert_close_to_oracle(result, oracle(x.double() / 1e30))
 
 
 def test_nonfinite_and_zero_and_empty_are_flagged_not_raised():
     bad = torch.randn(50, 40)
     bad[3, 4] = math.nan
     result = measure(bad, estimator="exact")
-    assert result[5] == 0.0  # the finite flag
+    assert not result.finite  # the finite flag
     zero = measure(torch.zeros(50, 40), estimator="exact")
-    assert zero[6] == 0.0 and torch.isnan(zero[:4]).all()
+    assert zero.energy == 0.0 and torch.isnan(metrics_of(zero)).all()
     empty = measure(torch.zeros(0, 40), estimator="exact")
-    assert torch.isnan(empty[:4]).all()
+    assert torch.isnan(metrics_of(empty)).all()
 
 
 def test_known_values():
@@ -145,7 +150,7 @@ def test_known_values():
     x = planted(64, 64, torch.ones(16, dtype=torch.float64))
     result = measure(x, estimator="exact")
     expected = torch.tensor([16.0, 16.0, 16.0, 15.0], dtype=torch.float64)
-    torch.testing.assert_close(result[:4], expected, rtol=1e-5, atol=0)
+    torch.testing.assert_close(metrics_of(result), expected, rtol=1e-5, atol=0)
 
 
 def test_activation_matrix_layouts():
@@ -190,8 +195,8 @@ def test_property_exact_matches_oracle_on_random_shapes(rows, cols, rank, dtype,
     x = (torch.randn(rows, rank, generator=g) @ torch.randn(rank, cols, generator=g)).to(dtype)
     result = measure(x.float(), estimator="exact")
     expected = oracle(x.float())
-    assert_close_to_oracle(result.tolist(), expected)
-    sr, pr, er, e90 = result[:4].tolist()
+    assert_close_to_oracle(result, expected)
+    sr, pr, er, e90 = result.metrics
     assert 1 - 1e-6 <= sr <= pr + 1e-6 <= rank + 1e-3  # 1 <= stable rank <= participation ratio <= rank
     assert 1 <= e90 <= rank
 
@@ -215,8 +220,8 @@ def test_small_eigenproblems_wait_for_the_one_host_transfer(monkeypatch):
     for name in ("eigh", "eigvalsh"):
         solver = getattr(torch.linalg, name)
         monkeypatch.setattr(torch.linalg, name, lambda *a, _f=solver, **k: events.append("solve") or _f(*a, **k))
-    to_host = spectra._to_host
-    monkeypatch.setattr(spectra, "_to_host", lambda batches: events.append("transfer") or to_host(batches))
+    to_host = batch._to_host
+    monkeypatch.setattr(batch, "_to_host", lambda batches: events.append("transfer") or to_host(batches))
     power = spectrum("power", 120)
     jobs = [
         Job(planted(120, 300, power, seed=1), "randomized", MOMENTS, StreamingSpectrum()),
@@ -225,8 +230,8 @@ def test_small_eigenproblems_wait_for_the_one_host_transfer(monkeypatch):
         Job(planted(100, 40, spectrum("power", 40), seed=4), "exact", MOMENTS),
         Job(planted(100, 40, spectrum("deficient", 40), seed=5), "exact", ALL),
     ]
-    table, used = measure_many(jobs)
-    assert used == [job.estimator for job in jobs]  # nothing was redone
+    table = measure_many(jobs)
+    assert [r.estimator for r in table] == [job.estimator for job in jobs]  # nothing was redone
     assert events[0] == "transfer" and events.count("transfer") == 1 and "solve" in events
     for job, row in zip(jobs, table):
         assert_close_to_oracle(row, oracle(job.matrix), job.metrics)
@@ -244,19 +249,19 @@ def test_gram_matrix_takes_the_smaller_side():
 def test_randomized_on_fewer_features_than_lanczos_steps(cols):
     x = planted(40, cols, torch.linspace(1, 2, cols, dtype=torch.float64))
     result = measure(x, estimator="randomized", metrics=MOMENTS)
-    assert_close_to_oracle(result.tolist(), oracle(x), MOMENTS)
+    assert_close_to_oracle(result, oracle(x), MOMENTS)
 
 
 def test_randomized_flags_nonfinite_without_raising():
     bad = planted(120, 150, spectrum("power", 120))
     bad[7, 9] = math.inf
     state = StreamingSpectrum()
-    table, used = measure_many([Job(bad, "randomized", MOMENTS, state)])
-    assert table[0][5] == 0.0 and used == ["exact"]  # flagged, and redone exactly
+    table = measure_many([Job(bad, "randomized", MOMENTS, state)])
+    assert not table[0].finite and table[0].estimator == "exact"  # flagged, and redone exactly
     good = planted(120, 150, spectrum("power", 120))
-    table, used = measure_many([Job(good, "randomized", MOMENTS, state)])  # the stream recovers
+    table = measure_many([Job(good, "randomized", MOMENTS, state)])  # the stream recovers
     assert_close_to_oracle(table[0], oracle(good), MOMENTS)
-    assert used == ["randomized"]
+    assert table[0].estimator == "randomized"
 
 
 def test_warm_stable_rank_never_undershoots_the_oracle():
@@ -265,9 +270,9 @@ def test_warm_stable_rank_never_undershoots_the_oracle():
     state, g = StreamingSpectrum(), torch.Generator().manual_seed(5)
     for _ in range(25):
         x = torch.randn(200, 300, generator=g) @ mixing
-        table, used = measure_many([Job(x, "randomized", MOMENTS, state)])
-        if used[0] == "randomized":
-            assert table[0][0] >= oracle(x)[0] * (1 - 1e-5)
+        table = measure_many([Job(x, "randomized", MOMENTS, state)])
+        if table[0].estimator == "randomized":
+            assert table[0].stable_rank >= oracle(x)[0] * (1 - 1e-5)
     assert state.depth <= 4  # a warm, well-separated stream needs few Lanczos steps
 
 
@@ -276,9 +281,9 @@ def test_flat_stream_settles_with_few_misses():
     state, g = StreamingSpectrum(), torch.Generator().manual_seed(6)
     for _ in range(40):
         x = torch.randn(200, 260, generator=g)
-        table, _ = measure_many([Job(x - x.mean(0), "randomized", MOMENTS, state)])
+        table = measure_many([Job(x - x.mean(0), "randomized", MOMENTS, state)])
         assert_close_to_oracle(table[0], oracle(x - x.mean(0)), MOMENTS)
-    assert state.fallbacks <= 4 and state.depth <= spectra.MAX_DEPTH
+    assert state.fallbacks <= 4 and state.depth <= lanczos.MAX_DEPTH
 
 
 @pytest.mark.parametrize("kind", ["flat", "power", "deficient", "spiked"])
@@ -286,17 +291,17 @@ def test_exact_with_moment_metrics_only_matches_oracle(kind):
     """Without a full-spectrum metric the exact route reads only λ₁ off the spectrum."""
     x = planted(150, 220, spectrum(kind, 150))
     for metrics in (MOMENTS, frozenset({"stable_rank"}), frozenset({"participation_ratio"})):
-        assert_close_to_oracle(measure(x, estimator="exact", metrics=metrics).tolist(), oracle(x), metrics)
+        assert_close_to_oracle(measure(x, estimator="exact", metrics=metrics), oracle(x), metrics)
 
 
 def test_streams_measured_together_match_streams_measured_alone():
     """Jobs whose Grams share a size run one batched Lanczos iteration; results do not change."""
     shapes = [(200, 300), (300, 200), (200, 200), (150, 600)]
     matrices = [planted(r, c, spectrum("power", min(r, c)), seed=i) for i, (r, c) in enumerate(shapes)]
-    together, _ = measure_many([Job(x, "randomized", MOMENTS, StreamingSpectrum()) for x in matrices])
+    together = measure_many([Job(x, "randomized", MOMENTS, StreamingSpectrum()) for x in matrices])
     for x, row in zip(matrices, together):
-        alone, _ = measure_many([Job(x, "randomized", MOMENTS, StreamingSpectrum())])
-        torch.testing.assert_close(torch.tensor(row[:2]), torch.tensor(alone[0][:2]), rtol=1e-6, atol=0)
+        alone = measure_many([Job(x, "randomized", MOMENTS, StreamingSpectrum())])
+        torch.testing.assert_close(torch.tensor(row.metrics[:2]), torch.tensor(alone[0].metrics[:2]), rtol=1e-6, atol=0)
         assert_close_to_oracle(row, oracle(x), MOMENTS)
 
 
@@ -326,7 +331,7 @@ def test_centring_does_not_overflow_near_the_float32_limit():
     matrix = spectra.activation_matrix(beyond)
     assert torch.isfinite(matrix).all()
     expected = oracle((beyond - beyond.mean(0)) / 1e300)  # the oracle's squares would overflow
-    assert_close_to_oracle(measure(matrix, estimator="exact").tolist(), expected)
+    assert_close_to_oracle(measure(matrix, estimator="exact"), expected)
 
 
 def test_a_missed_tolerance_is_redone_deeper_then_exactly_and_stays_accurate(monkeypatch):
@@ -336,16 +341,16 @@ def test_a_missed_tolerance_is_redone_deeper_then_exactly_and_stays_accurate(mon
     x = x - x.mean(0)
     expected = oracle(x)
     calls: list[list[str]] = []
-    measure_rows = spectra._measure_rows
+    measure_rows = batch._measure_rows
     monkeypatch.setattr(
-        spectra, "_measure_rows", lambda jobs, wide=False: calls.append([j.estimator for j in jobs]) or measure_rows(jobs, wide)
+        batch, "_measure_rows", lambda jobs, wide=False: calls.append([j.estimator for j in jobs]) or measure_rows(jobs, wide)
     )
     state = StreamingSpectrum(depth=1)
-    table, used = measure_many([Job(x, "randomized", MOMENTS, state)])
+    table = measure_many([Job(x, "randomized", MOMENTS, state)])
     assert_close_to_oracle(table[0], expected, MOMENTS)
-    assert table[0][4] <= spectra.TOLERANCE and state.fallbacks == 1
+    assert table[0].lambda_error <= spectra.TOLERANCE and state.fallbacks == 1
     assert calls[:2] == [["randomized"], ["randomized"]]  # the first run, then the deeper one
-    assert used == (["exact"] if len(calls) == 3 else ["randomized"])
+    assert table[0].estimator == ("exact" if len(calls) == 3 else "randomized")
 
 
 @pytest.mark.parametrize(
@@ -354,7 +359,7 @@ def test_a_missed_tolerance_is_redone_deeper_then_exactly_and_stays_accurate(mon
 )
 def test_lambda_one_in_float64_only_where_it_is_fast(monkeypatch, capability, expected):
     """Data-centre GPUs (half-rate float64) keep float64 for λ₁; consumer ones (1/32-1/64) don't."""
-    from ndtracker import exact
+    from ndtracker.spectra import exact
 
     exact._fast_float64_cuda.cache_clear()
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=None: capability)
@@ -372,12 +377,12 @@ def test_float32_routes_keep_the_moment_metrics_accurate(monkeypatch, kind, shap
     """Without fast float64 (λ₁ in float32) or without any (MPS: the whole exact route in float32,
     scaled), stable rank and participation ratio stay within 1e-3, even where a float32 Gram
     cannot resolve a spectrum's small tail (they come from the trace and ‖G‖_F, not from it)."""
-    from ndtracker import exact
+    from ndtracker.spectra import exact
 
     x = planted(*shape, spectrum(kind, min(shape)))
     expected = oracle(x)
     monkeypatch.setattr(exact, "top_dtype", lambda device: torch.float32)
-    assert_close_to_oracle(measure(x, estimator="exact", metrics=MOMENTS).tolist(), expected, MOMENTS)
+    assert_close_to_oracle(measure(x, estimator="exact", metrics=MOMENTS), expected, MOMENTS)
     monkeypatch.setattr(exact, "full_spectrum_dtype", lambda device: torch.float32)
-    values = measure(x, estimator="exact").tolist()
-    assert_close_to_oracle(values[:2] + [math.nan, math.nan], expected, MOMENTS)
+    values = measure(x, estimator="exact").metrics
+    assert_close_to_oracle(list(values[:2]) + [math.nan, math.nan], expected, MOMENTS)

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from store_rows import empty_metrics, expected, grid, parts, row, write
 
 from ndtracker import store
+from ndtracker.store import layout
 from ndtracker.errors import NdtrackerError, RunNotFoundError, SchemaError
 
 
@@ -231,7 +232,7 @@ def test_validate_log_dir_reports_a_failed_write_probe(tmp_path, monkeypatch):
     def refuse(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(store.tempfile, "TemporaryFile", refuse)
+    monkeypatch.setattr(layout.tempfile, "TemporaryFile", refuse)
     with pytest.raises(ValueError, match=r"log_dir=.*cannot be created or written \(\[Errno 13\] Permission"):
         store.validate_log_dir(tmp_path)
 

@@ -11,7 +11,8 @@ from torch import nn
 
 import ndtracker
 from ndtracker import spectra
-from ndtracker.tracker import Tracker
+from ndtracker.vocabulary import METRICS
+from ndtracker import Tracker
 
 
 def mlp() -> nn.Module:
@@ -111,7 +112,7 @@ def test_logged_values_match_an_svd_of_what_the_layer_saw(tmp_path):
     model = mlp()
     captured = {}
     model[2].register_forward_hook(lambda m, a, out: captured.setdefault("out", out.detach().clone()))
-    metrics = spectra.METRICS
+    metrics = METRICS
     with Tracker(model, every=5, log_dir=str(tmp_path), metrics=metrics, detect=False) as tracker:
         x = torch.randn(64, 12)
         model(x).sum().backward()
@@ -270,7 +271,7 @@ def test_measurements_run_in_full_float32_precision_and_restore_the_setting(tmp_
 
 
 def test_series_detectors_recompute_on_staggered_strides():
-    from ndtracker.tracker_events import BASE_STRIDE, SeriesDetectors
+    from ndtracker.tracking.events import BASE_STRIDE, SeriesDetectors
 
     made: list[int] = []
 

@@ -1,4 +1,4 @@
-"""Tests of ndtracker.writer: flushing, atomic parts, compaction, crash safety and faults."""
+"""Tests of ndtracker.store.writer: flushing, atomic parts, compaction, crash safety and faults."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import pytest
 from store_rows import empty_metrics, expected, grid, no_duplicates, parts, write
 
 from ndtracker import store
-from ndtracker import writer as writing
+from ndtracker.store import writer as writing
 
 
 # ------------------------------------------------------------------------------ flushing

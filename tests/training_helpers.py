@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import ndtracker
-from ndtracker.tracker import Tracker
+from ndtracker import Tracker
 
 B = 4  # batch size of every model here
 

@@ -1,8 +1,8 @@
 """Render reports and comparisons as one self-contained HTML page (inline SVG and CSS, no scripts).
 
 Pure rendering: every function takes a finished report (or comparison) and returns HTML text; the
-figures are drawn by :mod:`ndtracker.figures`, imported only here and only when a page is made, so
-the terminal report never pays for matplotlib.
+figures are drawn by :mod:`~ndtracker.reports.figures`; this module is imported only when a page is
+made, so the terminal report never pays for matplotlib.
 """
 
 from __future__ import annotations
@@ -14,15 +14,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-from rich.console import Console, RenderableType
 from rich.progress import Progress
 
-from ndtracker.store import SPACES
-from ndtracker.terminal import comparison_lines, display_name, info_lines, number, progress_bar
+from ndtracker.reports import figures
+from ndtracker.reports.text import comparison_lines, display_name, info_lines, number
+from ndtracker.vocabulary import SPACES
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ndtracker.comparison import Comparison
-    from ndtracker.reporting import Report, Series
+    from ndtracker.reports.model import Comparison, Report, Series
 
 MAX_TABLE_ROWS = 2000  # rows of the phase and jump tables written to HTML, at most
 
@@ -40,49 +39,6 @@ figure { margin: 0.5em 0; } svg { max-width: 100%; height: auto; }
 figcaption { color: #555; font-size: 12.5px; }
 nav a { margin-right: 0.8em; font-family: ui-monospace, monospace; font-size: 12px; }
 """
-
-
-class Rendered:
-    """What reports and comparisons share: print to the terminal, render to one HTML page.
-
-    A subclass gives its terminal view (``_view``), its page title (``_title``) and its page
-    sections (``_sections``).
-    """
-
-    def render(self, console: Console | None = None) -> None:
-        """Print the terminal view.
-
-        Args:
-            console: Where to print (default: a new ``rich.console.Console`` on stdout).
-        """
-        (console or Console()).print(self)
-
-    def __rich__(self) -> RenderableType:
-        """Return the terminal view as a rich renderable."""
-        return self._view()
-
-    def to_html(self, path: str | Path | None = None, *, progress: bool = False) -> str:
-        """Render as one self-contained HTML page (inline SVG and CSS, no scripts, no network).
-
-        Args:
-            path: File to write the page to (default: only return it).
-            progress: Show a transient progress bar on stderr while drawing (default False).
-
-        Returns:
-            The HTML page.
-        """
-        with progress_bar(progress) as bar:
-            sections = self._sections(bar)
-        return write_page(self._title(), sections, path)
-
-    def _view(self) -> RenderableType:
-        raise NotImplementedError
-
-    def _title(self) -> str:
-        raise NotImplementedError
-
-    def _sections(self, bar: Progress) -> list[str]:
-        raise NotImplementedError
 
 
 def write_page(title: str, sections: list[str], path: str | Path | None) -> str:
@@ -128,7 +84,6 @@ def _info(rep: Report) -> str:
 
 
 def _overview(rep: Report) -> list[str]:
-    from ndtracker import figures
 
     steps, loss = rep.loss
     parts = ["<h2>Overview</h2>"]
@@ -144,7 +99,6 @@ def _overview(rep: Report) -> list[str]:
 
 
 def _heatmap(series: list[Series], title: str, salt: str) -> str:
-    from ndtracker import figures
 
     low, high = _step_range(series)
     distinct = max(s.steps.size for s in series)
@@ -162,7 +116,6 @@ def _summary(rep: Report) -> str:
 
 
 def _layers(rep: Report, bar: Progress) -> list[str]:
-    from ndtracker import figures
 
     xlim = _step_range(rep.series)
     by_layer: dict[str, list[Series]] = {}
@@ -181,7 +134,6 @@ def _section(i: int, layer: str, svg: str) -> str:
 
 
 def _marks(rep: Report, series: Series) -> Any:
-    from ndtracker import figures
 
     phases, jumps = _rows_of(rep.phases, series), _rows_of(rep.jumps, series)
     at = np.searchsorted(series.steps, jumps["step"].to_numpy(np.int64))
@@ -197,7 +149,6 @@ def _rows_of(frame: pd.DataFrame, series: Series) -> pd.DataFrame:
 
 
 def _legend() -> str:
-    from ndtracker import figures
 
     spans = "".join(
         f'<span style="background:{color}33">{kind}</span>' for kind, color in figures.PHASE_COLORS.items()
@@ -250,7 +201,6 @@ def _step_range(series: Sequence[Series]) -> tuple[float, float]:
 
 
 def _compare_figures(comparison: Comparison, bar: Progress) -> list[str]:
-    from ndtracker import figures
 
     a, b = comparison.a, comparison.b
     parts = ["<h2>Loss</h2>"]
@@ -266,7 +216,6 @@ def _compare_figures(comparison: Comparison, bar: Progress) -> list[str]:
 
 
 def _pairs(a: Report, b: Report, layer: str) -> list[tuple[str, Any, Any]]:
-    from ndtracker import figures
 
     first = {s.space: s for s in a.series if s.layer == layer}
     second = {s.space: s for s in b.series if s.layer == layer}

@@ -4,7 +4,7 @@ The write side of :mod:`ndtracker.store` (which re-exports `RunWriter`): a bound
 per table, a daemon thread that writes it as a new Parquet part every ``flush_secs``, and the
 compaction that merges small parts as they accumulate (16 parts of one level make one part of the
 next) and the whole run into one part per table at ``close()``. Every file goes through
-`store._atomic` (temporary name, fsync, rename), so a crash never leaves a part that breaks `load`.
+`layout.atomic_write` (temporary name, fsync, rename), so a crash never leaves a part that breaks `load`.
 This module imports no torch.
 """
 
@@ -24,9 +24,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ndtracker.checks import positive_int, positive_seconds
-from ndtracker.store import (
-    _SCHEMAS, _SORT_KEYS, _atomic, _part_name, _register, validate_log_dir,
-)  # fmt: skip
+from ndtracker.store.layout import atomic_write, part_name, register_run, validate_log_dir
+from ndtracker.store.schema import SCHEMAS, SORT_KEYS
 
 __all__ = ["RunWriter"]
 
@@ -109,8 +108,8 @@ class _Run:
     def __init__(self, run_dir: Path, entry: dict[str, Any], flush_secs: float, limit: int) -> None:
         self.run_dir, self.entry, self.run_id = run_dir, entry, entry["run_id"]
         self.flush_secs, self.limit, self.pid = flush_secs, limit, os.getpid()
-        self.buffers = {name: _Buffer(limit) for name in _SCHEMAS}
-        self.parts = {name: _Parts() for name in _SCHEMAS}
+        self.buffers = {name: _Buffer(limit) for name in SCHEMAS}
+        self.parts = {name: _Parts() for name in SCHEMAS}
         self.io_lock, self.stop = threading.Lock(), threading.Event()
         self.closed = self.finished = self.failing = False
         self.merge_failed: set[str] = set()
@@ -151,7 +150,7 @@ class _Run:
         if os.getpid() != self.pid:  # a forked child holds a copy of the parent's rows
             return
         with self.io_lock:
-            for name in _SCHEMAS:
+            for name in SCHEMAS:
                 if self._flush_table(name):
                     self._compact(name, final)
 
@@ -174,7 +173,7 @@ class _Run:
 
     def _to_arrow(self, name: str, rows: list[Mapping[str, Any]]) -> pa.Table | None:
         try:
-            return _rows_to_table(rows, _SCHEMAS[name], self.run_id)
+            return _rows_to_table(rows, SCHEMAS[name], self.run_id)
         except Exception as error:  # unreadable rows would otherwise be retried forever
             self._warn(f"ndtracker dropped {len(rows)} {name} rows it could not convert: {error!r}")
             return None
@@ -183,8 +182,8 @@ class _Run:
         folder = self.run_dir / name
         folder.mkdir(parents=True, exist_ok=True)
         if not (self.run_dir / "run.json").exists():  # the directory was deleted under us
-            _register(self.run_dir, self.entry, keep_id=True)
-        with _atomic(folder / _part_name(self.run_id, (self.parts[name].next_seq,) * 2)) as tmp:
+            register_run(self.run_dir, self.entry, keep_id=True)
+        with atomic_write(folder / part_name(self.run_id, (self.parts[name].next_seq,) * 2)) as tmp:
             pq.write_table(table, tmp)
         self.parts[name].added()
 
@@ -196,7 +195,7 @@ class _Run:
         if len(spans) < 2:
             return
         try:
-            span = _merge(self.run_dir / name, self.run_id, spans, _SCHEMAS[name])
+            span = _merge(self.run_dir / name, self.run_id, spans, SCHEMAS[name])
         except Exception as error:  # the sources are intact
             if name not in self.merge_failed:
                 self.merge_failed.add(name)
@@ -281,7 +280,7 @@ class RunWriter:
     ) -> None:
         _check_options(run_info, flush_secs, max_buffer_rows)
         run_dir = validate_log_dir(log_dir)
-        entry = _register(run_dir, dict(run_info))
+        entry = register_run(run_dir, dict(run_info))
         self._run = _Run(run_dir, entry, float(flush_secs), max_buffer_rows)
         self._metrics, self._events = self._run.buffers["metrics"], self._run.buffers["events"]
         self._finalizer = weakref.finalize(self, self._run.release)  # a dropped writer still flushes
@@ -350,7 +349,7 @@ def _rows_to_table(rows: Sequence[Mapping[str, Any]], schema: pa.Schema, run_id:
     for field in list(schema)[1:]:
         columns.append(_column([row.get(field.name) for row in rows], field.type))
     table = pa.Table.from_arrays(columns, schema=schema)
-    return table.sort_by([(key, "ascending") for key in _SORT_KEYS[1:]])
+    return table.sort_by([(key, "ascending") for key in SORT_KEYS[1:]])
 
 
 _BAD_VALUE = (pa.ArrowException, TypeError, ValueError, OverflowError)
@@ -396,8 +395,8 @@ def _check_options(run_info: Any, flush_secs: Any, max_buffer_rows: Any) -> None
 def _merge(folder: Path, run_id: str, spans: list[tuple[int, int]], schema: pa.Schema) -> tuple[int, int]:
     """Merge the parts ``spans`` into one part covering them, then delete them; return its span."""
     span = (spans[0][0], spans[-1][1])
-    sources = [folder / _part_name(run_id, each) for each in spans]
-    with _atomic(folder / _part_name(run_id, span)) as tmp, pq.ParquetWriter(tmp, schema) as out:
+    sources = [folder / part_name(run_id, each) for each in spans]
+    with atomic_write(folder / part_name(run_id, span)) as tmp, pq.ParquetWriter(tmp, schema) as out:
         pending: list[pa.RecordBatch] = []
         for batch in _batches(sources):
             pending.append(batch)

@@ -1,58 +1,20 @@
 """Compare one metric of two runs on the layers both tracked (``ndtracker compare``).
 
-Both runs are reported with :func:`ndtracker.reporting.report`, restricted to their common layers,
-and joined into one table; :mod:`ndtracker.terminal` and :mod:`ndtracker.page` render it.
-``ndtracker.reporting.compare`` and ``ndtracker.reporting.Comparison`` are these names.
+Both runs are reported with :func:`ndtracker.report`, restricted to their common layers, and joined
+into one :class:`~ndtracker.reports.Comparison`, which the terminal and HTML views render.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pandas as pd
-from rich.console import RenderableType
-from rich.progress import Progress
 
-from ndtracker import page, terminal
-
-if TYPE_CHECKING:  # pragma: no cover
-    from ndtracker.reporting import Metric, Report, Space
-
-
-@dataclass(frozen=True, eq=False)
-class Comparison(page.Rendered):
-    """Two runs side by side: the same metric on the layers both tracked.
-
-    ``render()`` prints the table, ``to_html(path)`` makes a page with the curves overlaid.
-
-    Attributes:
-        a: The first run's report, restricted to the common layers.
-        b: The second run's report, restricted to the common layers.
-        layers: Layers present in both runs, in the first run's depth order.
-        table: One row per layer and space: ``first_a``, ``last_a``, ``first_b``, ``last_b``,
-            ``phases_a``, ``phases_b`` (the phase kinds in order, joined by ``" > "``).
-    """
-
-    a: Report
-    b: Report
-    layers: tuple[str, ...]
-    table: pd.DataFrame
-
-    def __repr__(self) -> str:
-        return f"Comparison(a={self.a.run_id!r}, b={self.b.run_id!r}, layers={len(self.layers)})"
-
-    def _view(self) -> RenderableType:
-        return terminal.comparison_view(self)
-
-    def _title(self) -> str:
-        return f"ndtracker compare: {self.a.run_id} vs {self.b.run_id}"
-
-    def _sections(self, bar: Progress) -> list[str]:
-        return page.comparison_sections(self, bar)
+from ndtracker.reports.build import report
+from ndtracker.reports.model import Comparison, Report
+from ndtracker.vocabulary import Metric, Space
 
 
 def compare(
@@ -78,7 +40,7 @@ def compare(
         run_id_a: Which run of ``run_a`` (default: its latest).
         run_id_b: Which run of ``run_b`` (default: its latest).
         progress: Show a transient progress bar on stderr while loading and analysing.
-        workers: Processes for detection, as in :func:`ndtracker.reporting.report` (default 1).
+        workers: Processes for detection, as in :func:`ndtracker.report` (default 1).
 
     Returns:
         The comparison, renderable to the terminal and to HTML.
@@ -87,8 +49,6 @@ def compare(
         RunNotFoundError, SchemaError, NdtrackerError, ValueError: as ``report``, for either
             run; ValueError also when the two runs have no layer in common.
     """
-    from ndtracker.reporting import report
-
     options = {"metric": metric, "layers": layers, "space": space, "progress": progress}
     a = report(run_a, run_id=run_id_a, workers=workers, **options)
     b = report(run_b, run_id=run_id_b, workers=workers, **options)

@@ -7,17 +7,17 @@ one row. Nothing here raises over a measurement: a failure is a NaN row with a `
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from ndtracker import spectra
-from ndtracker.layers import TrackedLayer
-from ndtracker.options import Options
-from ndtracker.spectra import METRICS, Job, StreamingSpectrum
+from ndtracker.tracking.layers import TrackedLayer
+from ndtracker.tracking.options import Options
+from ndtracker.spectra import Job, Result, StreamingSpectrum, full_precision
+from ndtracker.vocabulary import METRICS, OK
 
 Warn = Callable[[str, str, str], None]
 Key = tuple[str, str, int]  # (layer, space, index of its job)
@@ -64,38 +64,33 @@ def _job(layer: TrackedLayer, space: str, matrix: torch.Tensor, options: Options
     return Job(matrix, estimator, options.metrics, state)
 
 
-def measure_jobs(jobs: list[Job], keys: list[Key], warn: Warn):
+def measure_jobs(jobs: list[Job], keys: list[Key], warn: Warn) -> list[Result | None]:
     """All jobs in one batch; if the batch fails, job by job so one bad matrix costs one row.
 
     Returns:
-        Per job its result row (:data:`ndtracker.spectra.RESULT_FIELDS`, or None if it failed)
-        and the estimator it used.
+        Per job its :class:`~ndtracker.spectra.Result`, or None if measuring it failed.
     """
     with torch.no_grad(), full_precision({job.matrix.device.type for job in jobs}):
         try:
-            return spectra.measure_many(jobs)
+            return list(spectra.measure_many(jobs))
         except Exception:
             return _measure_one_by_one(jobs, {i: (name, space) for name, space, i in keys}, warn)
 
 
-def _measure_one_by_one(jobs: list[Job], owners: dict[int, tuple[str, str]], warn: Warn):
-    table: list[list[float] | None] = []
-    used: list[str] = []
+def _measure_one_by_one(jobs: list[Job], owners: dict[int, tuple[str, str]], warn: Warn) -> list[Result | None]:
+    results: list[Result | None] = []
     for index, job in enumerate(jobs):
         try:
-            result, estimator = spectra.measure_many([job])
+            results.extend(spectra.measure_many([job]))
         except Exception as error:
             warn(*owners[index], f"measurement failed: {error!r}")
-            result, estimator = [None], [job.estimator]
-        table.append(result[0])
-        used.append(estimator[0])
-    return table, used
+            results.append(None)
+    return results
 
 
 def log_row(
-    step: int, key: tuple[str, str], job: Job, result: list[float] | None, estimator: str,
-    metrics: frozenset[str], warn: Warn,
-) -> dict[str, Any]:  # fmt: skip
+    step: int, key: tuple[str, str], job: Job, result: Result | None, metrics: frozenset[str], warn: Warn
+) -> dict[str, Any]:
     """The logged row of one (layer, space) of a sample, without ``loss`` and ``wall_time``.
 
     A row whose metrics are NaN for a reason other than an empty or all-zero matrix is warned
@@ -103,27 +98,27 @@ def log_row(
     """
     rows, cols = job.matrix.shape
     values, status = values_and_status(result, rows, cols)
-    if status not in ("ok", "zero", "empty"):
+    if status not in (OK, "zero", "empty"):
         warn(*key, f"metrics are NaN at step {step} ({status})")
     row: dict[str, Any] = {"step": step, "layer": key[0], "space": key[1], "rows": rows, "cols": cols}
     for name, value in zip(METRICS, values):
         row[name] = metric_cell(name, value, name in metrics)
-    row.update(estimator=estimator, status=status)
+    row.update(estimator=job.estimator if result is None else result.estimator, status=status)
     return row
 
 
-def values_and_status(result: list[float] | None, rows: int, cols: int):
-    """The four metric values of a result row and its ``status`` (NaN metrics unless ``ok``)."""
+def values_and_status(result: Result | None, rows: int, cols: int) -> tuple[tuple[float, ...], str]:
+    """The four metric values of a result and its ``status`` (NaN metrics unless ``ok``)."""
+    nan = (math.nan,) * len(METRICS)
     if result is None:
-        return [math.nan] * 4, "failed"
-    values, finite, energy = result[:4], result[5], result[6]
+        return nan, "failed"
     if rows == 0 or cols == 0:
-        return [math.nan] * 4, "empty"
-    if finite < 1:
-        return [math.nan] * 4, "nonfinite"
-    if not energy > 0:
-        return [math.nan] * 4, "zero"
-    return values, "ok"
+        return nan, "empty"
+    if not result.finite:
+        return nan, "nonfinite"
+    if not result.energy > 0:
+        return nan, "zero"
+    return result.metrics, OK
 
 
 def metric_cell(name: str, value: float, computed: bool) -> float | int | None:
@@ -143,30 +138,3 @@ def loss_value(loss: float | torch.Tensor | None) -> float | None:
         return float(loss.detach().float().item() if isinstance(loss, torch.Tensor) else loss)
     except (TypeError, ValueError, RuntimeError):
         return None
-
-
-@contextlib.contextmanager
-def full_precision(device_types: Iterable[str]) -> Iterator[None]:
-    """Run the block in full float32 precision whatever the user's loop set.
-
-    Inside the user's ``torch.autocast`` it is switched off for the block (only where it is on:
-    entering an autocast context costs more than the check); reduced-precision float32 matmuls
-    (TF32 on CUDA, bfloat16 passes on CPU, as ``torch.set_float32_matmul_precision("high")`` or
-    ``"medium"`` allow) are switched off for the block and restored after it.
-    """
-    with contextlib.ExitStack() as stack:
-        for device_type in device_types:
-            if _autocast_on(device_type):
-                stack.enter_context(torch.autocast(device_type, enabled=False))
-        precision = torch.get_float32_matmul_precision()
-        if precision != "highest":
-            torch.set_float32_matmul_precision("highest")
-            stack.callback(torch.set_float32_matmul_precision, precision)
-        yield
-
-
-def _autocast_on(device_type: str) -> bool:
-    try:
-        return torch.is_autocast_enabled(device_type)
-    except (RuntimeError, ValueError, TypeError):  # a device type without autocast
-        return False

@@ -23,7 +23,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
     from rich.progress import Progress
 
-    from ndtracker.reporting import Series
+    from ndtracker.reports.model import Series
 
 PARALLEL_MIN_SAMPLES = 2_000_000  # below this, spawning worker processes costs more than it saves
 PHASE_COLUMNS = ["layer", "space", "start_step", "end_step", "kind", "samples", "change", "relative_change"]

@@ -1,4 +1,4 @@
-"""Store runs on disk: one declared Parquet schema, the run directory's layout, and `load`.
+"""The run directory on disk: its folders, part names, atomic writes, the lock and ``run.json``.
 
 A run directory holds any number of runs, each with its own run id::
 
@@ -10,13 +10,10 @@ A run directory holds any number of runs, each with its own run id::
 Every file is written under a hidden temporary name (``.<name>.<pid>-<thread>.tmp``), flushed to disk
 and renamed into place, so a crash at any moment leaves only complete parts (plus temporary files,
 which every reader ignores). A compacted part supersedes the parts whose seq falls in its range:
-`load` skips those, so a crash between writing a compacted part and deleting its sources neither
+the reader skips those, so a crash between writing a compacted part and deleting its sources neither
 loses nor duplicates a row. The parts are plain Parquet, readable by ``pandas.read_parquet``,
 ``pyarrow.dataset`` or DuckDB (``SELECT * FROM 'RUN_DIR/metrics/*.parquet'``), which skip the
 temporary files; only those readers see duplicates, and only inside that crash window.
-
-This module holds the schema, the layout and ``run.json``; :mod:`ndtracker.writer` writes runs
-(`RunWriter`, re-exported here) and :mod:`ndtracker.reader` reads the parts back. It imports no torch.
 """
 
 from __future__ import annotations
@@ -29,19 +26,15 @@ import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-import pandas as pd
-import pyarrow as pa
+from typing import Any
 
 from ndtracker.errors import NdtrackerError, RunNotFoundError, SchemaError
-
-if TYPE_CHECKING:  # pragma: no cover
-    from ndtracker.writer import RunWriter
+from ndtracker.store.schema import SCHEMA_VERSION, SCHEMAS
+from ndtracker.version import __version__
 
 try:
     import fcntl
@@ -49,39 +42,11 @@ except ImportError:  # pragma: no cover - Windows: run.json updates are not lock
     fcntl = None
 
 __all__ = [
-    "SCHEMA_VERSION", "METRIC_NAMES", "SPACES", "METRICS_SCHEMA", "EVENTS_SCHEMA",
-    "RunWriter", "load", "read_table", "read_run_info", "validate_log_dir",
+    "PART_NAME", "validate_log_dir", "part_name", "atomic_write", "fsync_dir", "register_run",
+    "read_run_info", "list_parts",
 ]  # fmt: skip
 
-SCHEMA_VERSION: int = 1
-METRIC_NAMES = ("stable_rank", "participation_ratio", "effective_rank", "energy90")
-SPACES = ("activation", "weight")
-_VERSION_KEY = "ndtracker_schema_version"
-
-
-def _schema(table: str, fields: list[tuple[str, pa.DataType]]) -> pa.Schema:
-    metadata = {_VERSION_KEY: str(SCHEMA_VERSION), "ndtracker_table": table}
-    return pa.schema(fields, metadata=metadata)
-
-
-METRICS_SCHEMA: pa.Schema = _schema("metrics", [
-    ("run_id", pa.string()), ("step", pa.int64()), ("layer", pa.string()), ("space", pa.string()),
-    ("stable_rank", pa.float64()), ("participation_ratio", pa.float64()),
-    ("effective_rank", pa.float64()), ("energy90", pa.int64()),
-    ("rows", pa.int64()), ("cols", pa.int64()), ("estimator", pa.string()),
-    ("loss", pa.float64()), ("wall_time", pa.float64()), ("status", pa.string()),
-])  # fmt: skip
-EVENTS_SCHEMA: pa.Schema = _schema("events", [
-    ("run_id", pa.string()), ("step", pa.int64()), ("layer", pa.string()), ("space", pa.string()),
-    ("metric", pa.string()), ("kind", pa.string()), ("direction", pa.int8()),
-    ("size", pa.float64()), ("z", pa.float64()), ("phase", pa.string()),
-    ("wall_time", pa.float64()),
-])  # fmt: skip
-
-_SCHEMAS: dict[str, pa.Schema] = {"metrics": METRICS_SCHEMA, "events": EVENTS_SCHEMA}
-_NULLABLE_INTS = {"energy90": "Int64", "direction": "Int8"}  # pandas dtypes that keep nulls
-_SORT_KEYS = ("run_id", "step", "layer", "space")
-_PART = re.compile(r"^part-(\d{8}-\d{6}-[0-9a-f]+)-(\d+)(?:-(\d+))?\.parquet$")
+PART_NAME = re.compile(r"^part-(\d{8}-\d{6}-[0-9a-f]+)-(\d+)(?:-(\d+))?\.parquet$")
 
 
 def validate_log_dir(log_dir: str | os.PathLike) -> Path:
@@ -110,14 +75,14 @@ def validate_log_dir(log_dir: str | os.PathLike) -> Path:
     return path
 
 
-def _part_name(run_id: str, span: tuple[int, int]) -> str:
+def part_name(run_id: str, span: tuple[int, int]) -> str:
     first, last = span
     seqs = f"{first:06d}" if first == last else f"{first:06d}-{last:06d}"
     return f"part-{run_id}-{seqs}.parquet"
 
 
 @contextmanager
-def _atomic(target: Path) -> Iterator[Path]:
+def atomic_write(target: Path) -> Iterator[Path]:
     """Yield a temporary path next to ``target``; on success fsync it and rename it to ``target``."""
     tmp = target.with_name(f".{target.name}.{os.getpid()}-{threading.get_ident()}.tmp")
     try:
@@ -131,10 +96,10 @@ def _atomic(target: Path) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(target.parent)
+    fsync_dir(target.parent)
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
     """Make a rename in ``folder`` durable where the platform allows it."""
     try:
         fd = os.open(folder, os.O_RDONLY)
@@ -162,7 +127,7 @@ def _locked(run_dir: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _register(run_dir: Path, run_info: Mapping[str, Any], keep_id: bool = False) -> dict[str, Any]:
+def register_run(run_dir: Path, run_info: Mapping[str, Any], keep_id: bool = False) -> dict[str, Any]:
     """Add a run entry to ``run_dir/run.json`` (atomically, under a lock) and return it.
 
     Args:
@@ -175,14 +140,12 @@ def _register(run_dir: Path, run_info: Mapping[str, Any], keep_id: bool = False)
         taken = {run.get("run_id") for run in doc["runs"]} | _part_runs(run_dir)
         entry = dict(run_info) if keep_id else _new_entry(run_info, taken)
         doc["runs"].append(entry)
-        with _atomic(run_dir / "run.json") as tmp:
+        with atomic_write(run_dir / "run.json") as tmp:
             tmp.write_text(json.dumps(doc, indent=1, default=str) + "\n", encoding="utf-8")
     return entry
 
 
 def _new_entry(run_info: Mapping[str, Any], taken: set[Any]) -> dict[str, Any]:
-    from ndtracker import __version__
-
     entry = {"run_id": _new_run_id(taken), "started": _now(), "ndtracker_version": __version__}
     entry.update((key, value) for key, value in run_info.items() if key not in ("run_id", "started"))
     return entry
@@ -227,8 +190,6 @@ def _read_doc(run_dir: Path, strict: bool = False) -> dict[str, Any] | None:
     return doc
 
 
-# ------------------------------------------------------------------------------ reading
-
 
 def read_run_info(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
     """Return the ``run.json`` entry of every run in ``run_dir``, oldest first.
@@ -263,109 +224,14 @@ def _implied_run(run_id: str) -> dict[str, Any]:
 
 
 def _part_runs(root: Path) -> set[str]:
-    return {match.group(1) for name in _SCHEMAS for _, match in _listing(root / name) if match}
+    return {match.group(1) for name in SCHEMAS for _, match in list_parts(root / name) if match}
 
 
-def _listing(folder: Path) -> list[tuple[str, re.Match[str] | None]]:
+def list_parts(folder: Path) -> list[tuple[str, re.Match[str] | None]]:
     """Return the Parquet files in ``folder`` (temporary ones excluded), with their name's parse."""
     try:
         names = os.listdir(folder)
     except (FileNotFoundError, NotADirectoryError):
         return []
     names = [name for name in names if name.endswith(".parquet") and not name.startswith((".", "_"))]
-    return [(name, _PART.match(name)) for name in sorted(names)]
-
-
-def load(
-    run_dir: str | os.PathLike,
-    *,
-    run_id: str | None = None,
-    events: bool = False,
-    columns: Sequence[str] | None = None,
-) -> pd.DataFrame:
-    """Load the rows of a run directory as a DataFrame, sorted by (run start, step, layer, space).
-
-    Args:
-        run_dir: The directory a Tracker (or `RunWriter`) wrote to.
-        run_id: Load only this run (default: every run; each row carries its ``run_id``).
-        events: Load the events table (jumps and phases) instead of the metrics.
-        columns: Load only these columns, in this order (default: all, in schema order).
-
-    Returns:
-        One row per (step, layer, space) for metrics; ``energy90`` (and ``direction`` of events) are
-        pandas nullable integers. An empty frame with the same columns and dtypes when no part exists.
-
-    Raises:
-        RunNotFoundError: ``run_dir`` does not exist or holds no run.
-        ValueError: ``run_id`` is not a run in ``run_dir``, or ``columns`` names an unknown column.
-        SchemaError: ``run.json`` or a part was written with a newer schema version.
-
-    Damaged parts (truncated, not Parquet, other columns) are skipped with a warning naming them.
-    """
-    table = read_table(run_dir, run_id=run_id, events=events, columns=columns)
-    return _to_frame(table)
-
-
-def read_table(
-    run_dir: str | os.PathLike,
-    *,
-    run_id: str | None = None,
-    events: bool = False,
-    columns: Sequence[str] | None = None,
-    sort: bool = True,
-) -> pa.Table:
-    """Load rows as a pyarrow Table, string columns dictionary-encoded: `load` without pandas.
-
-    Args:
-        run_dir, run_id, events, columns: As for `load`.
-        sort: Sort as `load` does (default). With False the rows come in the order they were
-            written (each run's parts in turn), which saves the sort's time and memory on a long
-            run when the caller groups the rows itself.
-
-    Returns:
-        The table; its string columns are ``dictionary<int32, string>`` with one dictionary each.
-
-    Raises:
-        RunNotFoundError, ValueError, SchemaError: As for `load`.
-    """
-    from ndtracker import reader
-
-    schema = EVENTS_SCHEMA if events else METRICS_SCHEMA
-    wanted = _check_columns(columns, schema)
-    runs = [str(run.get("run_id")) for run in read_run_info(run_dir)]
-    if run_id is not None and run_id not in runs:
-        raise ValueError(f"run_id={run_id!r} is not a run in {str(run_dir)!r}; its runs are: "
-                         f"{', '.join(runs)}")  # fmt: skip
-    names = list(dict.fromkeys([*(_SORT_KEYS if sort else _SORT_KEYS[:1]), *wanted]))
-    folder = Path(run_dir) / ("events" if events else "metrics")
-    table = reader.read_parts(folder, schema, runs, run_id, names)
-    return (reader.sort_rows(table, runs) if sort else table).select(wanted)
-
-
-def _check_columns(columns: Sequence[str] | None, schema: pa.Schema) -> list[str]:
-    if columns is None:
-        return list(schema.names)
-    unknown = [name for name in columns if name not in schema.names]
-    if unknown or isinstance(columns, str):
-        raise ValueError(f"columns={columns!r} is not a list of known columns; they are: "
-                         f"{', '.join(schema.names)}")  # fmt: skip
-    return list(columns)
-
-
-def _to_frame(table: pa.Table) -> pd.DataFrame:
-    """Convert to pandas: strings as ``str``, nullable integer columns as pandas nullable integers."""
-    plain = [f.with_type(f.type.value_type) if pa.types.is_dictionary(f.type) else f for f in table.schema]
-    frame = table.cast(pa.schema(plain)).to_pandas(split_blocks=True, self_destruct=True)
-    for name, dtype in _NULLABLE_INTS.items():
-        if name in frame:
-            frame[name] = frame[name].astype(dtype)
-    return frame
-
-
-def __getattr__(name: str) -> Any:
-    """Import `RunWriter` from :mod:`ndtracker.writer` on first use (PEP 562): readers never load it."""
-    if name == "RunWriter":
-        from ndtracker.writer import RunWriter
-
-        return RunWriter
-    raise AttributeError(f"module 'ndtracker.store' has no attribute {name!r}")
+    return [(name, PART_NAME.match(name)) for name in sorted(names)]

@@ -12,16 +12,13 @@ from typing import Any
 
 from torch import nn
 
-from ndtracker import spectra
 from ndtracker.checks import positive_int
-from ndtracker.layers import is_compiled
-from ndtracker.spectra import METRICS
+from ndtracker.tracking.layers import is_compiled
+from ndtracker.vocabulary import DEFAULT_METRICS, ESTIMATORS, FULL_SPECTRUM, METRICS, SPACES
 
-SPACES: tuple[str, ...] = ("activation", "weight")
 HOOK_MODES: tuple[str, ...] = ("auto", "sampled", "permanent")
 CONV_LAYOUTS: tuple[str, ...] = ("channel", "sample")
 DEFAULT_MAX_BUFFER_ROWS = 200_000
-DEFAULT_METRICS: tuple[str, ...] = ("stable_rank", "participation_ratio")
 
 
 @dataclass(frozen=True)
@@ -73,7 +70,7 @@ def check_options(model: nn.Module, **given: Any) -> Options:
     """
     every = positive_int("every", given["every"])
     metrics = frozenset(check_metrics(given["metrics"]))
-    estimator = check_choice("estimator", given["estimator"], ("auto",) + spectra.ESTIMATORS)
+    estimator = check_choice("estimator", given["estimator"], ("auto",) + ESTIMATORS)
     check_estimator_metrics(estimator, metrics)
     max_rows = given["max_rows"]
     return Options(
@@ -138,7 +135,7 @@ def check_spaces(spaces: str | Sequence[str]) -> tuple[str, ...]:
 
 def check_estimator_metrics(estimator: str, metrics: frozenset[str]) -> None:
     """Refuse ``estimator="randomized"`` with a full-spectrum metric (it gives the moments only)."""
-    if estimator == "randomized" and spectra.FULL_SPECTRUM & metrics:
+    if estimator == "randomized" and FULL_SPECTRUM & metrics:
         raise ValueError(
             f"estimator='randomized' gives stable_rank and participation_ratio only, got metrics "
             f"{sorted(metrics)}; use estimator='auto' or 'exact' for effective_rank and energy90"

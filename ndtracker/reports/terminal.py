@@ -1,34 +1,31 @@
 """Render reports and comparisons for the terminal with rich, and show progress bars.
 
-Pure rendering: every function takes a finished :class:`ndtracker.reporting.Report` (or
-:class:`ndtracker.comparison.Comparison`) and returns rich renderables or plain strings; nothing here
-loads or analyses. The HTML page (:mod:`ndtracker.page`) reuses the run facts and number format.
+Pure rendering: every function takes a finished :class:`~ndtracker.reports.Report` (or
+:class:`~ndtracker.reports.Comparison`) and returns rich renderables; nothing here loads or
+analyses. Run facts and number formats shared with the HTML page are in :mod:`~ndtracker.reports.text`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import pandas as pd
 from rich.console import Console, Group, RenderableType
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn
 from rich.table import Table
 from rich.text import Text
 
-from ndtracker.store import SPACES
+from ndtracker.reports.text import comparison_lines, display_name, info_lines, number
+from ndtracker.vocabulary import SPACES
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ndtracker.comparison import Comparison
-    from ndtracker.reporting import Report
+    from ndtracker.reports.model import Comparison, Report
 
 SHOWN_PHASES = 6  # phases listed per layer in the terminal before eliding the middle
 SHOWN_JUMPS = 2  # largest jumps listed per layer in the terminal
 PHASE_GLYPHS = {"collapse": "↘", "expansion": "↗", "stabilization": "→"}  # in compare's table
-MODEL_NAME = "(model)"  # how the model itself (layer name "") is shown
 
 
 @contextmanager
@@ -48,18 +45,6 @@ def progress_bar(enabled: bool) -> Iterator[Progress]:
         yield bar
 
 
-def display_name(layer: str) -> str:
-    """Return how a layer is shown: its name, or ``(model)`` for a model tracked as a whole (``""``)."""
-    return layer if layer else MODEL_NAME
-
-
-def number(value: Any) -> str:
-    """Format a metric value in four significant digits; ``-`` for a missing or non-finite one."""
-    if value is None or not np.isfinite(value):
-        return "-"
-    return f"{value:.4g}"
-
-
 # ------------------------------------------------------------------------------ report
 
 
@@ -68,40 +53,6 @@ def report_view(rep: Report) -> RenderableType:
     tables = [part for table in _space_tables(rep) for part in (Text(), table)]
     notes = [Text(f"warning: {note}", style="yellow") for note in rep.notes]
     return Group(_header(rep), *tables, *notes)
-
-
-def info_lines(rep: Report) -> list[tuple[str, str]]:
-    """Return the run facts shown above a report, as (label, text) pairs.
-
-    The run directory is shown by its name only, so the summary does not depend on where it lies.
-    """
-    info = rep.run
-    version = info.get("ndtracker_version", "?")
-    tracked = len(info.get("layers", [])) or "?"
-    lines = [("run", f"{rep.run_id}  ({_folder_name(rep.run_dir)})")]
-    lines.append(("started", str(info.get("started", "?"))))
-    lines.append(("model", f"{info.get('model', '?')}, ndtracker {version}"))
-    lines.append(("steps", steps_line(rep)))
-    lines.append(("layers", f"{len(rep.layers)} shown of {tracked} tracked"))
-    steps, loss = rep.loss
-    if loss.size:
-        first, last = (f"{number(loss[i])} at step {steps[i]}" for i in (0, -1))
-        lines.append(("loss", f"{first} -> {last}"))
-    return lines + [("metric", rep.metric)]
-
-
-def steps_line(rep: Report) -> str:
-    """Return ``first-last, every N, S samples`` for the report's series."""
-    ranges = [(int(s.steps[0]), int(s.steps[-1])) for s in rep.series if s.steps.size]
-    low, high = min((a for a, _ in ranges), default=0), max((b for _, b in ranges), default=0)
-    samples = max((s.steps.size for s in rep.series), default=0)
-    every = rep.run.get("options", {}).get("every", "?")
-    return f"{low}-{high}, every {every}, {samples} samples"
-
-
-def _folder_name(run_dir: str) -> str:
-    path = Path(run_dir)
-    return path.name or path.resolve().name or str(run_dir)
 
 
 def _header(rep: Report) -> Table:
@@ -182,15 +133,6 @@ def comparison_view(comparison: Comparison) -> RenderableType:
     spaces = comparison.table["space"].unique()
     tables = [part for space in spaces for part in (Text(""), _compare_table(comparison, space))]
     return Group(*lines, *tables)
-
-
-def comparison_lines(comparison: Comparison) -> list[str]:
-    """Return one line per compared run: label, run id, directory, model and steps."""
-    lines = []
-    for label, rep in (("A", comparison.a), ("B", comparison.b)):
-        model = rep.run.get("model", "?")
-        lines.append(f"{label}: run {rep.run_id} ({rep.run_dir}), {model}, steps {steps_line(rep)}")
-    return lines
 
 
 def _compare_table(comparison: Comparison, space: str) -> Table:

@@ -13,6 +13,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+from ndtracker import detect
 from ndtracker.detect import Jump
 
 Warn = Callable[[str, str, str], None]
@@ -24,15 +25,8 @@ STAGGER_SLOTS = 64  # strides cycle after this many series, so none waits much l
 
 
 def detector_factory(enabled: bool) -> Any:
-    """The online detector class when detection is on, else None.
-
-    Imported now, so a broken install fails at construction, not at the first sample.
-    """
-    if not enabled:
-        return None
-    from ndtracker.detect import OnlineDetector
-
-    return OnlineDetector
+    """The online detector class when detection is on, else None."""
+    return detect.OnlineDetector if enabled else None
 
 
 class SeriesDetectors:

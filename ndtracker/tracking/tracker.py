@@ -1,9 +1,10 @@
 """The Tracker: the stateful shell that wires the parts below to a model and a training loop.
 
-Options are checked in :mod:`ndtracker.options`, layers chosen in :mod:`ndtracker.layers`, hooks
-and captures handled in :mod:`ndtracker.capture`, a sample measured into rows in
-:mod:`ndtracker.measurement` (the math in :mod:`ndtracker.spectra`), the rows written by
-:mod:`ndtracker.store` and watched by the online detectors of :mod:`ndtracker.tracker_events`.
+Options are checked in :mod:`~ndtracker.tracking.options`, layers chosen in
+:mod:`~ndtracker.tracking.layers`, hooks and captures handled in :mod:`~ndtracker.tracking.capture`,
+a sample measured into rows in :mod:`~ndtracker.tracking.sample` (the math in
+:mod:`ndtracker.spectra`), the rows written by :mod:`ndtracker.store` and watched by the online
+detectors of :mod:`~ndtracker.tracking.events`.
 This module holds the step counter, the warn-once policy and the order of things.
 """
 
@@ -20,22 +21,23 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from ndtracker import spectra
-from ndtracker.capture import ActivationHook, Capturer
-from ndtracker.layers import DEFAULT_MAX_LAYERS, LayerSpec, select_layers, unwrapped
-from ndtracker.measurement import log_row, loss_value, measure_jobs, sample_jobs
+from ndtracker import store
 from ndtracker.checks import non_negative_int, positive_int, positive_seconds
-from ndtracker.options import DEFAULT_MAX_BUFFER_ROWS, DEFAULT_METRICS, HOOK_MODES, SPACES, check_options
-from ndtracker.tracker_events import SeriesDetectors, StepAxis, describe_event, detector_factory
+from ndtracker.tracking.capture import Capturer
+from ndtracker.tracking.layers import DEFAULT_MAX_LAYERS, LayerSpec, select_layers, unwrapped
+from ndtracker.tracking.sample import log_row, loss_value, measure_jobs, sample_jobs
+from ndtracker.tracking.options import DEFAULT_MAX_BUFFER_ROWS, check_options
+from ndtracker.tracking.events import SeriesDetectors, describe_event, detector_factory
+from ndtracker.version import __version__
+from ndtracker.vocabulary import SPACES
 
-__all__ = ["Tracker", "DEFAULT_METRICS", "DEFAULT_MAX_BUFFER_ROWS", "HOOK_MODES", "SPACES"]
+__all__ = ["Tracker"]
 
 log = logging.getLogger("ndtracker")
 
 Space = Literal["activation", "weight"]
-_StepAxis = StepAxis  # former private names: models pickled with hooks installed refer to
-_ActivationHook = ActivationHook  # ndtracker.tracker._ActivationHook
-_INTERNAL_DIRS = tuple(os.path.dirname(m.__file__) + os.sep for m in (spectra, torch))
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_INTERNAL_DIRS = tuple(d + os.sep for d in (_PACKAGE_DIR, os.path.dirname(torch.__file__)))
 
 
 class Tracker:
@@ -294,11 +296,11 @@ class Tracker:
         try:
             with_weights = self._options.weights_at(step)
             jobs, keys = sample_jobs(self._layers, self._options, with_weights, self._warn_once)
-            table, used = measure_jobs(jobs, keys, self._warn_once)
+            results = measure_jobs(jobs, keys, self._warn_once)
             loss = loss_value(loss)  # read after the measurement's transfer: no extra GPU stall
             rows = [
-                log_row(step, (name, space), jobs[i], table[i], used[i], self._options.metrics,
-                        self._warn_once) | {"loss": loss, "wall_time": now}
+                log_row(step, (name, space), jobs[i], results[i], self._options.metrics, self._warn_once)
+                | {"loss": loss, "wall_time": now}
                 for name, space, i in keys
             ]  # fmt: skip
             self._writer.append(rows)
@@ -330,18 +332,14 @@ class Tracker:
             self._warn_once("*", "events", f"could not log events: {error!r}")
 
     def _run_info(self, writing: dict[str, Any]) -> dict[str, Any]:
-        import ndtracker
-
         return {
             "model": type(self._model).__name__, "options": {**self._options.as_dict(), **writing},
             "layers": [layer.info() for layer in self._layers],
-            "ndtracker_version": ndtracker.__version__, "torch_version": torch.__version__,
+            "ndtracker_version": __version__, "torch_version": torch.__version__,
         }  # fmt: skip
 
 
 def _open_writer(log_dir: str | None, run_info: dict[str, Any], writing: dict[str, Any]):
-    from ndtracker import store
-
     if log_dir is None:
         log_dir = time.strftime("runs/ndtracker-%Y%m%d-%H%M%S")
     path = store.validate_log_dir(log_dir)

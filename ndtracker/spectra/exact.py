@@ -22,11 +22,11 @@ import math
 
 import torch
 
-METRICS: tuple[str, ...] = ("stable_rank", "participation_ratio", "effective_rank", "energy90")
-FULL_SPECTRUM: frozenset[str] = frozenset({"effective_rank", "energy90"})
+from ndtracker.vocabulary import FULL_SPECTRUM, METRICS
 
-# Layout of the vector a measurement returns: the metrics in METRICS order, then these.
-RESULT_FIELDS: tuple[str, ...] = METRICS + ("lambda_error", "finite", "energy")
+# Layout of the vector a measurement computes on the device: the metrics in METRICS order, then
+# these; :class:`ndtracker.spectra.Result` names them once the vector is on the host.
+ROW_FIELDS: tuple[str, ...] = METRICS + ("lambda_error", "finite", "energy")
 
 UNDERFLOW = 1e-30  # a float32 Σλ below this (but not 0) may hide underflowed products: redo exactly
 GRAM_BLOCK_ROWS = 128  # rows per block of a Gram formed from its upper blocks

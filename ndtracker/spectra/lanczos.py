@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ndtracker.exact import TINY, gram_matrix, trusted
+from ndtracker.spectra.exact import TINY, gram_matrix, trusted
 
 KRYLOV_BLOCK = 1  # warm-start vectors kept per stream: the previous sample's top direction
 COLD_DEPTH = 48  # Lanczos steps with no previous direction: enough for a flat (Marchenko-Pastur) top
@@ -172,7 +172,7 @@ class Krylov:
     def conclude(self, parts: list[torch.Tensor]) -> list[list[float]]:
         """The members' result rows from ``parts`` on the host; each stream keeps its direction.
 
-        Rows are laid out as :data:`ndtracker.exact.RESULT_FIELDS`.
+        Rows are laid out as :data:`ndtracker.spectra.exact.ROW_FIELDS`.
         """
         coefficients, beta, total = parts[:3]
         theta, error, ritz = _ritz_top(coefficients, beta)

@@ -15,9 +15,9 @@ import torch
 from torch import nn
 
 from ndtracker import spectra
-from ndtracker.layers import TrackedLayer, first_tensor
-from ndtracker.measurement import full_precision
-from ndtracker.options import Options
+from ndtracker.tracking.layers import TrackedLayer, first_tensor
+from ndtracker.spectra import full_precision
+from ndtracker.tracking.options import Options
 
 Warn = Callable[[str, str, str], None]
 

@@ -1,60 +1,33 @@
-"""Matrices to spectra to metrics: pure torch, on the tensor's own device.
-
-Definitions (singular values σ₁ ≥ σ₂ ≥ … of the matrix, λᵢ = σᵢ²):
-
-=======================  ==========================================  =================================
-metric                   formula                                     note
-=======================  ==========================================  =================================
-``stable_rank``          Σλ / λ₁ = ‖X‖_F² / ‖X‖₂²                    needs λ₁ and the total only
-``participation_ratio``  (Σλ)² / Σλ² = ‖X‖_F⁴ / ‖XᵀX‖_F²            on eigenvalues, not on σ
-``effective_rank``       exp(−Σ pᵢ log pᵢ), pᵢ = σᵢ / Σσ             Roy & Vetterli 2007
-``energy90``             min k with Σ_{i≤k} λᵢ ≥ 0.9 Σλ              an integer
-=======================  ==========================================  =================================
+"""Measure a whole sample's matrices together: one batch, one host transfer, named results.
 
 Two estimators, both built on the Gram matrix of the smaller side (``XXᵀ`` or ``XᵀX``):
 
-* ``exact`` (:mod:`ndtracker.exact`): eigenvalues of the Gram, all of them (float64) when a
+* ``exact`` (:mod:`ndtracker.spectra.exact`): eigenvalues of the Gram, all of them (float64) when a
   full-spectrum metric is asked for, else only the top one of a float32 Gram.
-* ``randomized`` (:mod:`ndtracker.lanczos`, streaming): Σλ and Σλ² from the float32 Gram, λ₁ by a
-  Lanczos iteration warm-started from the previous sample's top direction; ``stable_rank`` and
-  ``participation_ratio`` only.
+* ``randomized`` (:mod:`ndtracker.spectra.lanczos`, streaming): Σλ and Σλ² from the float32 Gram,
+  λ₁ by a Lanczos iteration warm-started from the previous sample's top direction;
+  ``stable_rank`` and ``participation_ratio`` only.
 
 :func:`measure_many` measures the matrices of a whole sample together, with one host transfer, and
-redoes exactly any randomized result whose λ₁ error estimate misses :data:`TOLERANCE`. Shaping
-(layer outputs and weights to matrices) is in :mod:`ndtracker.matrices`. This module re-exports
-the public names of all three, so ``ndtracker.spectra`` stays the one place to import them from.
+redoes exactly any randomized result whose λ₁ error estimate misses :data:`TOLERANCE`.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 
-from ndtracker.exact import (  # noqa: F401  (re-exported)
-    FULL_SPECTRUM, GRAM_BLOCK_ROWS, HOST_SIDE, METRICS, RESULT_FIELDS, UNDERFLOW, empty_row,
-    exact_gram, exact_row, exact_spectrum, full_spectrum_dtype, gram_matrix,
-    metrics_from_eigenvalues, row_from_gram, symmetric_product,
-)  # fmt: skip
-from ndtracker.lanczos import (  # noqa: F401  (re-exported)
-    BATCH_SIDE, COLD_DEPTH, FLOOR_DECAY, GAP_TRUST, KRYLOV_BLOCK, MAX_DEPTH, MIN_DEPTH, TOLERANCE,
-    WARM_NOISE, Krylov, Prepared, StreamingSpectrum, group_key, prepare, run,
-)  # fmt: skip
-from ndtracker.matrices import ConvLayout, activation_matrix, subsample_rows, weight_matrix
+from ndtracker.spectra.exact import HOST_SIDE, ROW_FIELDS, empty_row, exact_gram, row_from_gram
+from ndtracker.spectra.lanczos import TOLERANCE, Krylov, StreamingSpectrum, group_key, prepare, run
+from ndtracker.spectra.result import Result
+from ndtracker.vocabulary import ESTIMATORS, FULL_SPECTRUM, METRICS, Estimator
 
-__all__ = [
-    "METRICS", "FULL_SPECTRUM", "ESTIMATORS", "RESULT_FIELDS", "TOLERANCE", "SMALL_SIDE",
-    "Job", "StreamingSpectrum", "measure_many", "measure", "choose_estimator",
-    "activation_matrix", "subsample_rows", "weight_matrix", "metrics_from_eigenvalues",
-    "exact_spectrum", "gram_matrix", "symmetric_product",
-]  # fmt: skip
+__all__ = ["SMALL_SIDE", "Job", "choose_estimator", "measure_many", "measure"]
 
-Metric = Literal["stable_rank", "participation_ratio", "effective_rank", "energy90"]
-Estimator = Literal["exact", "randomized"]
+_ERROR = ROW_FIELDS.index("lambda_error")
 
-ESTIMATORS: tuple[str, ...] = ("exact", "randomized")
 SMALL_SIDE = 96  # Grams this small are cheaper to eigendecompose than to iterate on
 
 
@@ -84,7 +57,7 @@ class Job:
     state: StreamingSpectrum | None = None
 
 
-def measure_many(jobs: list[Job]) -> tuple[list[list[float]], list[str]]:
+def measure_many(jobs: list[Job]) -> list[Result]:
     """Measure a batch of matrices with one host transfer (two if a stream missed its tolerance).
 
     Randomized streams whose Grams have the same small size share one batched Lanczos run (at
@@ -98,24 +71,24 @@ def measure_many(jobs: list[Job]) -> tuple[list[list[float]], list[str]]:
     misses stay rare once a stream has settled.
 
     Returns:
-        The rows laid out as :data:`RESULT_FIELDS` (Python floats), and the estimator each row used.
+        One :class:`Result` per job, in order, each naming the estimator that produced it.
 
     Raises:
         ValueError: On a job with an unknown estimator, or with a full-spectrum metric and
             ``"randomized"``.
     """
     if not jobs:
-        return [], []
+        return []
     table = _measure_rows(jobs)
     used = [j.estimator for j in jobs]
-    redo = [i for i, row in enumerate(table) if not row[4] <= TOLERANCE]  # NaN included
+    redo = [i for i, row in enumerate(table) if not row[_ERROR] <= TOLERANCE]  # NaN included
     for i, job in enumerate(jobs):
         if job.state is not None and job.estimator == "randomized":
-            job.state.adapt(table[i][4])
+            job.state.adapt(table[i][_ERROR])
             job.state.fallbacks += int(i in redo)
     if redo:
         _redo(jobs, redo, table, used)
-    return table, used
+    return [Result.from_row(row, estimator) for row, estimator in zip(table, used)]
 
 
 def _redo(jobs: list[Job], redo: list[int], table: list[list[float]], used: list[str]) -> None:
@@ -126,11 +99,11 @@ def _redo(jobs: list[Job], redo: list[int], table: list[list[float]], used: list
     float64 eigendecomposition that settles anything still missed (and every untrusted row)
     costs tens at a 512-wide Gram.
     """
-    deeper = [i for i in redo if math.isfinite(table[i][4]) and jobs[i].state is not None]
+    deeper = [i for i in redo if math.isfinite(table[i][_ERROR]) and jobs[i].state is not None]
     if deeper:
         for i, row in zip(deeper, _measure_rows([jobs[i] for i in deeper])):
-            table[i] = row if row[4] <= TOLERANCE else table[i]
-    exact = [i for i in redo if not table[i][4] <= TOLERANCE]
+            table[i] = row if row[_ERROR] <= TOLERANCE else table[i]
+    exact = [i for i in redo if not table[i][_ERROR] <= TOLERANCE]
     if exact:
         again = [Job(jobs[i].matrix, "exact", jobs[i].metrics) for i in exact]
         for i, row in zip(exact, _measure_rows(again, wide=True)):
@@ -143,7 +116,7 @@ def measure(
     estimator: Estimator,
     metrics: frozenset[str] | set[str] = frozenset(METRICS),
     state: StreamingSpectrum | None = None,
-) -> torch.Tensor:
+) -> Result:
     """Measure one matrix: metrics, λ₁ error estimate, finiteness flag and total energy.
 
     Unlike :func:`measure_many`, a randomized result that misses :data:`TOLERANCE` is returned as
@@ -157,15 +130,15 @@ def measure(
         state: The stream's warm-start state (``randomized`` only); updated in place.
 
     Returns:
-        A float64 CPU tensor laid out as :data:`RESULT_FIELDS`: the four metrics, the relative
-        error estimate of λ₁ (0 for exact; NaN when the float32 route cannot be trusted), 1.0 if
-        every entry was finite else 0.0, and Σλ (0 for an all-zero matrix).
+        The :class:`Result`: the four metrics, the relative error estimate of λ₁ (0 for exact; NaN
+        when the float32 route cannot be trusted), whether every entry was finite, and Σλ (0 for
+        an all-zero matrix).
 
     Raises:
         ValueError: On an unknown estimator or a full-spectrum metric with ``"randomized"``.
     """
     row = _measure_rows([Job(matrix, estimator, frozenset(metrics), state)])[0]
-    return torch.tensor(row, dtype=torch.float64)
+    return Result.from_row(row, estimator)
 
 
 def _check(job: Job) -> None:

@@ -1,6 +1,6 @@
 """Read the parts of one table of a run directory back into a single Arrow table.
 
-The read side of :mod:`ndtracker.store` (whose `load` and `read_table` call it): list the live parts
+`load` and `read_table` (the read side of :mod:`ndtracker.store`): list the live parts
 (a compacted part hides the parts it covers), open them all before reading any (a part deleted by a
 concurrent compaction stays readable once open), read only the wanted columns with the strings
 dictionary-encoded, skip a damaged or foreign part with a warning naming it, and sort the rows
@@ -10,19 +10,23 @@ torch.
 
 from __future__ import annotations
 
+import os
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ndtracker.errors import NdtrackerError, SchemaError
-from ndtracker.store import _PART, _VERSION_KEY, SCHEMA_VERSION, _listing
+from ndtracker.store.layout import PART_NAME, list_parts, read_run_info
+from ndtracker.store.schema import EVENTS_SCHEMA, METRICS_SCHEMA, NULLABLE_INTS, SCHEMA_VERSION, SORT_KEYS, VERSION_KEY
 
-__all__ = ["read_parts", "sort_rows"]
+__all__ = ["load", "read_table", "read_parts", "sort_rows"]
 
 
 def read_parts(
@@ -96,7 +100,7 @@ def _live_parts(folder: Path, runs: list[str], run_id: str | None) -> list[str]:
     """Return the part names to read, in (run, seq) order, without the parts a compaction covers."""
     spans: dict[str, list[tuple[int, int, str]]] = {}
     other = []
-    for name, match in _listing(folder):
+    for name, match in list_parts(folder):
         if match is None:
             other.append(name)
         elif run_id in (None, match.group(1)):
@@ -143,13 +147,13 @@ def _conform(table: pa.Table, target: pa.Schema, path: Path, run_id: str | None)
         except (pa.ArrowException, ValueError) as error:
             _skip(path, f"its columns do not have the ndtracker types ({error})")
             return None
-    if run_id is not None and _PART.match(path.name) is None:
+    if run_id is not None and PART_NAME.match(path.name) is None:
         table = table.filter(pc.equal(table["run_id"], run_id))
     return table.replace_schema_metadata(None)
 
 
 def _check_version(schema: pa.Schema, path: Path) -> None:
-    version = (schema.metadata or {}).get(_VERSION_KEY.encode())
+    version = (schema.metadata or {}).get(VERSION_KEY.encode())
     if version is not None and version.isdigit() and int(version) > SCHEMA_VERSION:
         raise SchemaError(f"{path} was written with schema version {int(version)}, newer than "
                           f"{SCHEMA_VERSION}, the newest this ndtracker reads; upgrade "
@@ -221,3 +225,87 @@ def _ranks(dictionary: pa.Array, values: list[str] | None) -> np.ndarray:
     rank = np.empty(len(dictionary), np.int64)
     rank[pc.sort_indices(dictionary).to_numpy()] = np.arange(len(dictionary))
     return rank
+
+
+def load(
+    run_dir: str | os.PathLike,
+    *,
+    run_id: str | None = None,
+    events: bool = False,
+    columns: Sequence[str] | None = None,
+) -> pd.DataFrame:
+    """Load the rows of a run directory as a DataFrame, sorted by (run start, step, layer, space).
+
+    Args:
+        run_dir: The directory a Tracker (or `RunWriter`) wrote to.
+        run_id: Load only this run (default: every run; each row carries its ``run_id``).
+        events: Load the events table (jumps and phases) instead of the metrics.
+        columns: Load only these columns, in this order (default: all, in schema order).
+
+    Returns:
+        One row per (step, layer, space) for metrics; ``energy90`` (and ``direction`` of events) are
+        pandas nullable integers. An empty frame with the same columns and dtypes when no part exists.
+
+    Raises:
+        RunNotFoundError: ``run_dir`` does not exist or holds no run.
+        ValueError: ``run_id`` is not a run in ``run_dir``, or ``columns`` names an unknown column.
+        SchemaError: ``run.json`` or a part was written with a newer schema version.
+
+    Damaged parts (truncated, not Parquet, other columns) are skipped with a warning naming them.
+    """
+    table = read_table(run_dir, run_id=run_id, events=events, columns=columns)
+    return _to_frame(table)
+
+
+def read_table(
+    run_dir: str | os.PathLike,
+    *,
+    run_id: str | None = None,
+    events: bool = False,
+    columns: Sequence[str] | None = None,
+    sort: bool = True,
+) -> pa.Table:
+    """Load rows as a pyarrow Table, string columns dictionary-encoded: `load` without pandas.
+
+    Args:
+        run_dir, run_id, events, columns: As for `load`.
+        sort: Sort as `load` does (default). With False the rows come in the order they were
+            written (each run's parts in turn), which saves the sort's time and memory on a long
+            run when the caller groups the rows itself.
+
+    Returns:
+        The table; its string columns are ``dictionary<int32, string>`` with one dictionary each.
+
+    Raises:
+        RunNotFoundError, ValueError, SchemaError: As for `load`.
+    """
+    schema = EVENTS_SCHEMA if events else METRICS_SCHEMA
+    wanted = _check_columns(columns, schema)
+    runs = [str(run.get("run_id")) for run in read_run_info(run_dir)]
+    if run_id is not None and run_id not in runs:
+        raise ValueError(f"run_id={run_id!r} is not a run in {str(run_dir)!r}; its runs are: "
+                         f"{', '.join(runs)}")  # fmt: skip
+    names = list(dict.fromkeys([*(SORT_KEYS if sort else SORT_KEYS[:1]), *wanted]))
+    folder = Path(run_dir) / ("events" if events else "metrics")
+    table = read_parts(folder, schema, runs, run_id, names)
+    return (sort_rows(table, runs) if sort else table).select(wanted)
+
+
+def _check_columns(columns: Sequence[str] | None, schema: pa.Schema) -> list[str]:
+    if columns is None:
+        return list(schema.names)
+    unknown = [name for name in columns if name not in schema.names]
+    if unknown or isinstance(columns, str):
+        raise ValueError(f"columns={columns!r} is not a list of known columns; they are: "
+                         f"{', '.join(schema.names)}")  # fmt: skip
+    return list(columns)
+
+
+def _to_frame(table: pa.Table) -> pd.DataFrame:
+    """Convert to pandas: strings as ``str``, nullable integer columns as pandas nullable integers."""
+    plain = [f.with_type(f.type.value_type) if pa.types.is_dictionary(f.type) else f for f in table.schema]
+    frame = table.cast(pa.schema(plain)).to_pandas(split_blocks=True, self_destruct=True)
+    for name, dtype in NULLABLE_INTS.items():
+        if name in frame:
+            frame[name] = frame[name].astype(dtype)
+    return frame

@@ -2,11 +2,9 @@
 
 A report is built from the Parquet logs alone: no model, no GPU, and no torch (this module and
 everything it imports stay torch-free, so reports run anywhere). This module loads the logs and cuts
-them into one series per layer and space; :mod:`ndtracker.analysis` detects jumps and phases on each
-full series (the tables give training steps, never positions in a series);
-:mod:`ndtracker.terminal` and :mod:`ndtracker.page` render the result, and
-:mod:`ndtracker.comparison` puts two runs side by side (``compare`` and ``Comparison`` are
-re-exported here).
+them into one series per layer and space; :mod:`~ndtracker.reports.analysis` detects jumps and phases
+on each full series (the tables give training steps, never positions in a series), and the result is
+a :class:`~ndtracker.reports.Report`.
 
 Example:
     >>> import ndtracker
@@ -21,116 +19,24 @@ from __future__ import annotations
 import fnmatch
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-from rich.console import RenderableType
-from rich.progress import Progress
 
-from ndtracker import analysis, page, store, terminal
+from ndtracker import store
 from ndtracker.errors import NdtrackerError, RunNotFoundError
-from ndtracker.terminal import display_name, progress_bar
+from ndtracker.reports import analysis
+from ndtracker.reports.model import Report, Series
+from ndtracker.reports.terminal import progress_bar
+from ndtracker.reports.text import display_name
+from ndtracker.vocabulary import METRICS, SPACES, Metric, Space
 
-__all__ = ["Report", "Series", "Comparison", "report", "compare", "progress_bar"]
-
-Metric = Literal["stable_rank", "participation_ratio", "effective_rank", "energy90"]
-Space = Literal["activation", "weight"]
-
-METRICS: tuple[str, ...] = store.METRIC_NAMES
-SPACES: tuple[str, ...] = store.SPACES
+__all__ = ["report"]
 
 
-@dataclass(frozen=True, eq=False)
-class Series:
-    """One layer's metric in one space over the sampled steps of a run.
-
-    Attributes:
-        layer: Layer name, as in ``model.named_modules()``.
-        space: ``"activation"`` or ``"weight"``.
-        steps: Sampled training steps, shape (n,), int64, increasing.
-        values: The metric at those steps, shape (n,), float64; NaN where not measured.
-        loss: The loss logged at those steps, shape (n,), float64; NaN where not given.
-        problems: (status, count) for samples whose status is not ``"ok"``.
-    """
-
-    layer: str
-    space: str
-    steps: np.ndarray
-    values: np.ndarray
-    loss: np.ndarray
-    problems: tuple[tuple[str, int], ...] = ()
-
-
-@dataclass(frozen=True, eq=False)
-class Report(page.Rendered):
-    """The phase report of one run: what :func:`report` returns.
-
-    ``render()`` prints the terminal summary, ``to_html(path)`` makes the HTML page.
-
-    Attributes:
-        run_dir: The run directory, as given.
-        run: The run's info (``run_id``, ``started``, ``model``, ``options``, ``layers``, ...).
-        run_ids: Every run id found in the directory, oldest first.
-        metric: The metric reported.
-        layers: The reported layers, in tracked (depth) order.
-        summary: One row per layer and space: ``samples``, ``nonfinite``, ``first_step``,
-            ``last_step``, ``first``, ``last``, ``min``, ``max`` of the metric, and the numbers of
-            ``phases`` and ``jumps``.
-        phases: One row per phase: ``layer``, ``space``, ``metric``, ``start_step``, ``end_step``
-            (inclusive: the phase's last sampled step), ``kind`` (``collapse``, ``expansion`` or
-            ``stabilization``), ``samples``, ``change`` (fitted end minus start value),
-            ``relative_change`` (over the phase's mean level).
-        jumps: One row per jump: ``layer``, ``space``, ``metric``, ``step`` (first step at the new
-            level), ``direction`` (``up`` or ``down``), ``size`` (signed shift), ``z`` (its
-            significance), ``before`` and ``after`` (levels either side).
-        series: The series the tables were computed from, for plotting.
-        notes: Warnings worth showing with the report (non-finite samples, other runs).
-    """
-
-    run_dir: str
-    run: dict[str, Any]
-    run_ids: tuple[str, ...]
-    metric: str
-    layers: tuple[str, ...]
-    summary: pd.DataFrame
-    phases: pd.DataFrame
-    jumps: pd.DataFrame
-    series: tuple[Series, ...]
-    notes: tuple[str, ...] = ()
-
-    @property
-    def run_id(self) -> str:
-        """The reported run's id."""
-        return str(self.run.get("run_id", ""))
-
-    def __repr__(self) -> str:
-        return (
-            f"Report(run_id={self.run_id!r}, metric={self.metric!r}, layers={len(self.layers)}, "
-            f"phases={len(self.phases)}, jumps={len(self.jumps)})"
-        )
-
-    @property
-    def loss(self) -> tuple[np.ndarray, np.ndarray]:
-        """Return (steps, loss) of the sampled steps with a finite loss, from the fullest series."""
-        if not self.series:
-            return np.zeros(0, np.int64), np.zeros(0)
-        best = max(self.series, key=lambda s: int(np.isfinite(s.loss).sum()))
-        keep = np.isfinite(best.loss)
-        return best.steps[keep], best.loss[keep]
-
-    def _view(self) -> RenderableType:
-        return terminal.report_view(self)
-
-    def _title(self) -> str:
-        return f"ndtracker report: {self.run_id}"
-
-    def _sections(self, bar: Progress) -> list[str]:
-        return page.report_sections(self, bar)
 
 
 def report(
@@ -180,15 +86,6 @@ def report(
         series = _select(_split(table, metric, space), info, layers, metric, space)
         tables = analysis.analyse(series, bar, workers)
     return _assemble(str(run_dir), info, runs, metric, series, tables)
-
-
-def __getattr__(name: str) -> Any:
-    """Give `compare` and `Comparison` from :mod:`ndtracker.comparison` (PEP 562: no import cycle)."""
-    if name in ("compare", "Comparison"):
-        from ndtracker import comparison
-
-        return getattr(comparison, name)
-    raise AttributeError(f"module 'ndtracker.reporting' has no attribute {name!r}")
 
 
 # ------------------------------------------------------------------------------ loading

@@ -1,0 +1,70 @@
+"""Text shared by the terminal and HTML views: names, numbers and the run facts above a report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ndtracker.reports.model import Comparison, Report
+
+__all__ = ["MODEL_NAME", "display_name", "number", "info_lines", "steps_line", "comparison_lines"]
+
+MODEL_NAME = "(model)"  # how the model itself (layer name "") is shown
+
+
+def display_name(layer: str) -> str:
+    """Return how a layer is shown: its name, or ``(model)`` for a model tracked as a whole (``""``)."""
+    return layer if layer else MODEL_NAME
+
+
+def number(value: Any) -> str:
+    """Format a metric value in four significant digits; ``-`` for a missing or non-finite one."""
+    if value is None or not np.isfinite(value):
+        return "-"
+    return f"{value:.4g}"
+
+
+def info_lines(rep: Report) -> list[tuple[str, str]]:
+    """Return the run facts shown above a report, as (label, text) pairs.
+
+    The run directory is shown by its name only, so the summary does not depend on where it lies.
+    """
+    info = rep.run
+    version = info.get("ndtracker_version", "?")
+    tracked = len(info.get("layers", [])) or "?"
+    lines = [("run", f"{rep.run_id}  ({_folder_name(rep.run_dir)})")]
+    lines.append(("started", str(info.get("started", "?"))))
+    lines.append(("model", f"{info.get('model', '?')}, ndtracker {version}"))
+    lines.append(("steps", steps_line(rep)))
+    lines.append(("layers", f"{len(rep.layers)} shown of {tracked} tracked"))
+    steps, loss = rep.loss
+    if loss.size:
+        first, last = (f"{number(loss[i])} at step {steps[i]}" for i in (0, -1))
+        lines.append(("loss", f"{first} -> {last}"))
+    return lines + [("metric", rep.metric)]
+
+
+def steps_line(rep: Report) -> str:
+    """Return ``first-last, every N, S samples`` for the report's series."""
+    ranges = [(int(s.steps[0]), int(s.steps[-1])) for s in rep.series if s.steps.size]
+    low, high = min((a for a, _ in ranges), default=0), max((b for _, b in ranges), default=0)
+    samples = max((s.steps.size for s in rep.series), default=0)
+    every = rep.run.get("options", {}).get("every", "?")
+    return f"{low}-{high}, every {every}, {samples} samples"
+
+
+def _folder_name(run_dir: str) -> str:
+    path = Path(run_dir)
+    return path.name or path.resolve().name or str(run_dir)
+
+
+def comparison_lines(comparison: Comparison) -> list[str]:
+    """Return one line per compared run: label, run id, directory, model and steps."""
+    lines = []
+    for label, rep in (("A", comparison.a), ("B", comparison.b)):
+        model = rep.run.get("model", "?")
+        lines.append(f"{label}: run {rep.run_id} ({rep.run_dir}), {model}, steps {steps_line(rep)}")
+    return lines

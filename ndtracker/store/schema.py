@@ -1,0 +1,38 @@
+"""The declared Parquet schemas of a run directory's two tables, with their version and sort keys.
+
+Every part of ``metrics/`` and ``events/`` carries :data:`SCHEMA_VERSION` in its metadata (under
+:data:`VERSION_KEY`); readers refuse a newer version. Pure declarations: no file is touched here.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+__all__ = ["SCHEMA_VERSION", "VERSION_KEY", "METRICS_SCHEMA", "EVENTS_SCHEMA", "SCHEMAS", "NULLABLE_INTS", "SORT_KEYS"]
+
+SCHEMA_VERSION: int = 1
+VERSION_KEY = "ndtracker_schema_version"
+
+
+def _schema(table: str, fields: list[tuple[str, pa.DataType]]) -> pa.Schema:
+    metadata = {VERSION_KEY: str(SCHEMA_VERSION), "ndtracker_table": table}
+    return pa.schema(fields, metadata=metadata)
+
+
+METRICS_SCHEMA: pa.Schema = _schema("metrics", [
+    ("run_id", pa.string()), ("step", pa.int64()), ("layer", pa.string()), ("space", pa.string()),
+    ("stable_rank", pa.float64()), ("participation_ratio", pa.float64()),
+    ("effective_rank", pa.float64()), ("energy90", pa.int64()),
+    ("rows", pa.int64()), ("cols", pa.int64()), ("estimator", pa.string()),
+    ("loss", pa.float64()), ("wall_time", pa.float64()), ("status", pa.string()),
+])  # fmt: skip
+EVENTS_SCHEMA: pa.Schema = _schema("events", [
+    ("run_id", pa.string()), ("step", pa.int64()), ("layer", pa.string()), ("space", pa.string()),
+    ("metric", pa.string()), ("kind", pa.string()), ("direction", pa.int8()),
+    ("size", pa.float64()), ("z", pa.float64()), ("phase", pa.string()),
+    ("wall_time", pa.float64()),
+])  # fmt: skip
+
+SCHEMAS: dict[str, pa.Schema] = {"metrics": METRICS_SCHEMA, "events": EVENTS_SCHEMA}
+NULLABLE_INTS = {"energy90": "Int64", "direction": "Int8"}  # pandas dtypes that keep nulls
+SORT_KEYS = ("run_id", "step", "layer", "space")
