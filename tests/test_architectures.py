@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
-from training_helpers import B, assert_all_ok, hook_count, shapes, train
+from training_helpers import B, assert_all_ok, hook_count, mlp, shapes, train
 
 import ndtracker
 from ndtracker import spectra
@@ -24,11 +24,6 @@ from ndtracker import Tracker
 
 
 # ------------------------------------------------------------------------------ models
-
-
-def mlp() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(12, 32), nn.ReLU(), nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, 3))
 
 
 class ResidualBlock(nn.Module):

@@ -30,15 +30,11 @@ import ndtracker
 from ndtracker import spectra
 from ndtracker.vocabulary import METRICS
 from ndtracker import Tracker
+from training_helpers import mlp
 
 
 def hook_count(model: nn.Module) -> int:
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
-
-
-def mlp() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(12, 32), nn.ReLU(), nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, 3))
 
 
 def train(model, tracker, steps, batch=16, scale=1.0):

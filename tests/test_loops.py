@@ -19,15 +19,11 @@ from torch.utils.checkpoint import checkpoint
 import ndtracker
 from ndtracker import spectra
 from ndtracker import Tracker
+from training_helpers import mlp
 
 
 def hook_count(model: nn.Module) -> int:
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
-
-
-def mlp(seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(12, 32), nn.ReLU(), nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, 3))
 
 
 def stable_rank_of(output: torch.Tensor) -> float:

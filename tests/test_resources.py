@@ -21,11 +21,7 @@ import ndtracker
 from ndtracker import spectra
 from ndtracker import Tracker
 from ndtracker.tracking.events import StepAxis
-
-
-def mlp() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(12, 32), nn.ReLU(), nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, 3))
+from training_helpers import mlp
 
 
 class Watched(nn.Module):

@@ -13,6 +13,16 @@ from ndtracker import Tracker
 B = 4  # batch size of every model here
 
 
+def mlp(seed: int | None = 0, widths: tuple[int, ...] = (12, 32, 16, 3)) -> nn.Sequential:
+    """Linear layers of these widths with ReLUs between (layers "0", "2", ...), seeded unless None."""
+    if seed is not None:
+        torch.manual_seed(seed)
+    layers: list[nn.Module] = []
+    for i, (fan_in, fan_out) in enumerate(zip(widths, widths[1:])):
+        layers += [nn.Linear(fan_in, fan_out)] + ([nn.ReLU()] if i < len(widths) - 2 else [])
+    return nn.Sequential(*layers)
+
+
 def hook_count(model: nn.Module) -> int:
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
 

@@ -1,6 +1,6 @@
 """Reporting: tables in training steps, the terminal golden, the HTML page, figures, bad runs.
 
-Regenerate the golden files with ``NDTRACKER_UPDATE_GOLDEN=1 python -m pytest tests/test_reporting.py``.
+Regenerate the golden files with ``NDTRACKER_UPDATE_GOLDEN=1 python -m pytest tests/reports/test_reporting.py``.
 """
 
 from __future__ import annotations

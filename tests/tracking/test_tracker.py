@@ -13,11 +13,7 @@ import ndtracker
 from ndtracker import spectra
 from ndtracker.vocabulary import METRICS
 from ndtracker import Tracker
-
-
-def mlp() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(12, 32), nn.ReLU(), nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, 3))
+from training_helpers import mlp
 
 
 def train(model, tracker, steps, batch=32, hook=None):

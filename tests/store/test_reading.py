@@ -21,15 +21,11 @@ from torch import nn
 import ndtracker
 from ndtracker.errors import SchemaError
 from ndtracker import Tracker
-
-
-def mlp() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(12, 32), nn.ReLU(), nn.Linear(32, 3))
+from training_helpers import mlp
 
 
 def tracked_run(log_dir: Path, steps: int = 3, **options) -> Tracker:
-    model = mlp()
+    model = mlp(widths=(12, 32, 3))
     with Tracker(model, every=1, log_dir=str(log_dir), detect=False, **options) as tracker:
         for _ in range(steps):
             model(torch.randn(16, 12)).sum().backward()
@@ -98,7 +94,7 @@ def test_loading_while_a_tracker_writes(tmp_path):
     done = threading.Event()
 
     def train():
-        model = mlp()
+        model = mlp(widths=(12, 32, 3))
         with Tracker(model, every=1, log_dir=str(tmp_path), flush_secs=0.02, detect=False) as tracker:
             while not done.is_set():
                 model(torch.randn(16, 12)).sum().backward()
