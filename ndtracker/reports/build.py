@@ -27,6 +27,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ndtracker import store
+from ndtracker.store.layout import find_run
+from ndtracker.checks import choice, optional_positive_int
 from ndtracker.errors import NdtrackerError, RunNotFoundError
 from ndtracker.reports import analysis
 from ndtracker.reports.model import Report, Series
@@ -73,13 +75,13 @@ def report(
         ValueError: ``metric`` or ``space`` is unknown, ``layers`` matches no layer, or the metric
             was not computed in this run.
     """
-    _check_choice("metric", metric, METRICS)
+    choice("metric", metric, METRICS)
     if space is not None:
-        _check_choice("space", space, SPACES)
+        choice("space", space, SPACES)
     workers = _check_workers(workers)
     with progress_bar(progress) as bar:
         runs = store.read_run_info(run_dir)
-        info = _choose_run(runs, run_id, run_dir)
+        info = find_run(runs, run_id, run_dir)
         task = bar.add_task("loading logs", total=None)
         table = _load(run_dir, info["run_id"], metric)
         bar.update(task, total=1, completed=1)
@@ -91,29 +93,9 @@ def report(
 # ------------------------------------------------------------------------------ loading
 
 
-def _check_choice(name: str, value: object, accepted: Sequence[str]) -> None:
-    if value not in accepted:
-        raise ValueError(f"{name} must be one of {', '.join(accepted)}; got {value!r}")
-
-
 def _check_workers(workers: int | None) -> int:
-    if workers is None:
-        return max(1, min(os.cpu_count() or 1, 8))
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ValueError(f"workers must be a positive integer or None, got {workers!r}")
-    return workers
-
-
-def _choose_run(runs: list[dict], run_id: str | None, run_dir: str | Path) -> dict:
-    if not runs:
-        raise RunNotFoundError(f"{str(run_dir)!r} holds no ndtracker run (no run.json)")
-    if run_id is None:
-        return max(runs, key=lambda run: str(run.get("started", "")))
-    for run in runs:
-        if run.get("run_id") == run_id:
-            return run
-    ids = ", ".join(str(run.get("run_id")) for run in runs)
-    raise RunNotFoundError(f"run_id={run_id!r} is not in {str(run_dir)!r}; its runs are: {ids}")
+    workers = optional_positive_int("workers", workers)
+    return max(1, min(os.cpu_count() or 1, 8)) if workers is None else workers
 
 
 def _load(run_dir: str | Path, run_id: str, metric: str) -> pa.Table:

@@ -149,14 +149,6 @@ def empty_row(x: torch.Tensor) -> torch.Tensor:
     return torch.stack([nan, nan, nan, nan, zero, one, zero])
 
 
-def exact_row(
-    x: torch.Tensor, metrics: frozenset[str] | set[str], wide: bool = False
-) -> torch.Tensor:
-    """Measure from Gram eigenvalues: all of them in float64 for a full-spectrum metric (or
-    ``wide``), else λ₁ of the float32 Gram (Σλ and Σλ² come from the Gram itself)."""
-    return row_from_gram(exact_gram(x, metrics, wide), metrics, wide)
-
-
 def exact_gram(
     x: torch.Tensor, metrics: frozenset[str] | set[str], wide: bool = False
 ) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """Shaping: layer outputs and weights to 2-D float32 matrices, ready for :mod:`ndtracker.spectra`.
 
-Activations are flattened as DESIGN.md says (sequences to tokens, convolutions by channel or by
+Activations are flattened to rows x features (sequences to tokens, convolutions by channel or by
 sample), capped at ``max_rows`` uniformly drawn rows, cast to float32 and mean-centred without
 float32 overflow; weights are reshaped to ``(out, in·k·k)`` and never centred.
 """

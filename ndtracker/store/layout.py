@@ -43,7 +43,7 @@ except ImportError:  # pragma: no cover - Windows: run.json updates are not lock
 
 __all__ = [
     "PART_NAME", "validate_log_dir", "part_name", "atomic_write", "fsync_dir", "register_run",
-    "read_run_info", "list_parts",
+    "read_run_info", "find_run", "list_parts",
 ]  # fmt: skip
 
 PART_NAME = re.compile(r"^part-(\d{8}-\d{6}-[0-9a-f]+)-(\d+)(?:-(\d+))?\.parquet$")
@@ -213,6 +213,23 @@ def read_run_info(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
         raise RunNotFoundError(f"{str(run_dir)!r} holds no ndtracker run (no run.json and no "
                                "parts); pass the log_dir a Tracker wrote to")  # fmt: skip
     return sorted(runs, key=lambda run: str(run.get("started", "")))
+
+
+def find_run(runs: list[dict[str, Any]], run_id: str | None, run_dir: str | os.PathLike) -> dict[str, Any]:
+    """The entry of ``run_id`` among ``runs`` (from :func:`read_run_info`), or the latest for None.
+
+    Raises:
+        RunNotFoundError: ``runs`` is empty, or ``run_id`` is not one of them (the message lists them).
+    """
+    if not runs:
+        raise RunNotFoundError(f"{str(run_dir)!r} holds no ndtracker run (no run.json)")
+    if run_id is None:
+        return max(runs, key=lambda run: str(run.get("started", "")))
+    for run in runs:
+        if run.get("run_id") == run_id:
+            return run
+    ids = ", ".join(str(run.get("run_id")) for run in runs)
+    raise RunNotFoundError(f"run_id={run_id!r} is not in {str(run_dir)!r}; its runs are: {ids}")
 
 
 def _implied_run(run_id: str) -> dict[str, Any]:

@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ndtracker.errors import NdtrackerError, SchemaError
-from ndtracker.store.layout import PART_NAME, list_parts, read_run_info
+from ndtracker.store.layout import PART_NAME, find_run, list_parts, read_run_info
 from ndtracker.store.schema import EVENTS_SCHEMA, METRICS_SCHEMA, NULLABLE_INTS, SCHEMA_VERSION, SORT_KEYS, VERSION_KEY
 
 __all__ = ["load", "read_table", "read_parts", "sort_rows"]
@@ -248,7 +248,8 @@ def load(
 
     Raises:
         RunNotFoundError: ``run_dir`` does not exist or holds no run.
-        ValueError: ``run_id`` is not a run in ``run_dir``, or ``columns`` names an unknown column.
+        RunNotFoundError: ``run_id`` is not a run in ``run_dir``.
+        ValueError: ``columns`` names an unknown column.
         SchemaError: ``run.json`` or a part was written with a newer schema version.
 
     Damaged parts (truncated, not Parquet, other columns) are skipped with a warning naming them.
@@ -281,10 +282,10 @@ def read_table(
     """
     schema = EVENTS_SCHEMA if events else METRICS_SCHEMA
     wanted = _check_columns(columns, schema)
-    runs = [str(run.get("run_id")) for run in read_run_info(run_dir)]
-    if run_id is not None and run_id not in runs:
-        raise ValueError(f"run_id={run_id!r} is not a run in {str(run_dir)!r}; its runs are: "
-                         f"{', '.join(runs)}")  # fmt: skip
+    entries = read_run_info(run_dir)
+    if run_id is not None:
+        find_run(entries, run_id, run_dir)
+    runs = [str(run.get("run_id")) for run in entries]
     names = list(dict.fromkeys([*(SORT_KEYS if sort else SORT_KEYS[:1]), *wanted]))
     folder = Path(run_dir) / ("events" if events else "metrics")
     table = read_parts(folder, schema, runs, run_id, names)

@@ -6,13 +6,14 @@ option never surfaces at step 10 000.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
 
-from ndtracker.checks import positive_int
+from ndtracker.checks import choice, optional_positive_int, positive_int
 from ndtracker.tracking.layers import is_compiled
 from ndtracker.vocabulary import DEFAULT_METRICS, ESTIMATORS, FULL_SPECTRUM, METRICS, SPACES
 
@@ -44,13 +45,10 @@ class Options:
 
     def as_dict(self) -> dict[str, Any]:
         """The options as JSON-ready values, metrics in :data:`METRICS` order, for ``run.json``."""
-        return {
-            "every": self.every, "weight_every": self.weight_every,
-            "metrics": [m for m in METRICS if m in self.metrics], "spaces": list(self.spaces),
-            "estimator": self.estimator, "conv": self.conv, "max_rows": self.max_rows,
-            "center": self.center, "track_eval": self.track_eval, "hooks": self.hooks,
-            "seed": self.seed,
-        }  # fmt: skip
+        values = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
+        values["metrics"] = [m for m in METRICS if m in self.metrics]
+        values["spaces"] = list(self.spaces)
+        return values
 
 
 def check_options(model: nn.Module, **given: Any) -> Options:
@@ -70,18 +68,17 @@ def check_options(model: nn.Module, **given: Any) -> Options:
     """
     every = positive_int("every", given["every"])
     metrics = frozenset(check_metrics(given["metrics"]))
-    estimator = check_choice("estimator", given["estimator"], ("auto",) + ESTIMATORS)
+    estimator = choice("estimator", given["estimator"], ("auto",) + ESTIMATORS)
     check_estimator_metrics(estimator, metrics)
-    max_rows = given["max_rows"]
     return Options(
         every=every,
         weight_every=check_weight_every(given["weight_every"], every),
         metrics=metrics,
         spaces=check_spaces(given["spaces"]),
         estimator=estimator,
-        conv=check_choice("conv", given["conv"], CONV_LAYOUTS),
-        hooks=hook_mode(check_choice("hooks", given["hooks"], HOOK_MODES), model),
-        max_rows=None if max_rows is None else positive_int("max_rows", max_rows),
+        conv=choice("conv", given["conv"], CONV_LAYOUTS),
+        hooks=hook_mode(choice("hooks", given["hooks"], HOOK_MODES), model),
+        max_rows=optional_positive_int("max_rows", given["max_rows"]),
         center=bool(given["center"]),
         track_eval=bool(given["track_eval"]),
         output_key=given["output_key"],
@@ -103,13 +100,6 @@ def check_weight_every(value: int | None, every: int) -> int:
     value = positive_int("weight_every", value)
     if value % every:
         raise ValueError(f"weight_every must be a multiple of every={every}, got {value!r}")
-    return value
-
-
-def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
-    """``value`` if it is one of ``choices``, else a ValueError listing them."""
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
     return value
 
 

@@ -122,7 +122,7 @@ def test_run_id_selects_one_run_and_unknown_ids_are_listed(tmp_path):
     second = write(tmp_path, [grid([0, 5])])
     assert len(store.load(tmp_path, run_id=first.run_id)) == 4
     assert set(store.load(tmp_path, run_id=second.run_id)["run_id"]) == {second.run_id}
-    with pytest.raises(ValueError, match=f"run_id='nope'.*{first.run_id}, {second.run_id}"):
+    with pytest.raises(RunNotFoundError, match=f"run_id='nope'.*{first.run_id}, {second.run_id}"):
         store.load(tmp_path, run_id="nope")
 
 

@@ -223,7 +223,7 @@ def test_loss_tensor_is_read_only_on_sampled_steps(tmp_path, monkeypatch):
         (dict(weight_every=7), ValueError, "weight_every must be a multiple of every=5"),
         (dict(flush_secs=0), ValueError, "flush_secs must be a positive number"),
         (dict(start_step=-1), ValueError, "start_step must be a non-negative integer"),
-        (dict(hooks="always"), ValueError, "hooks must be one of \\('auto', 'sampled', 'permanent'\\), got 'always'"),
+        (dict(hooks="always"), ValueError, "hooks must be one of auto, sampled, permanent; got 'always'"),
         (dict(max_buffer_rows=0), ValueError, "max_buffer_rows must be a positive integer, got 0"),
         (dict(colour="red"), TypeError, "colour"),
     ],
