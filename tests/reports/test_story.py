@@ -1,0 +1,75 @@
+"""The report's story: one sentence per main change, measured on the series, with the loss."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import ndtracker
+from ndtracker.reports import story
+from ndtracker.store import RunWriter
+
+STEPS = np.arange(0, 1000, 5)
+
+
+def write(folder: Path, curves: dict[str, np.ndarray], layers_info: list | None = None) -> None:
+    info = {"options": {"every": 5}, "layers": layers_info if layers_info is not None else [
+        {"name": name, "type": "Linear", "weight_shape": [64, 32]} for name in curves]}
+    rows = []
+    for layer, values in curves.items():
+        for step, value in zip(STEPS, values):
+            rows.append({"step": int(step), "layer": layer, "space": "activation", "stable_rank": float(value),
+                         "rows": 64, "cols": 64, "estimator": "exact", "status": "ok",
+                         "loss": float(3 * np.exp(-step / 200)), "wall_time": 1.7e9})
+    writer = RunWriter(folder, run_info=info)
+    writer.append(rows)
+    writer.close()
+
+
+def noisy(values: np.ndarray, seed: int = 0) -> np.ndarray:
+    return values + 0.02 * np.random.default_rng(seed).standard_normal(values.size)
+
+
+def test_a_collapse_is_told_with_its_steps_levels_and_the_loss(tmp_path):
+    write(tmp_path, {"fc1": noisy(np.where(STEPS < 200, 20 - 15 * STEPS / 200, 5.0)), "fc2": noisy(np.full(STEPS.size, 8.0), 1)})
+    rep = ndtracker.report(tmp_path)
+    found = story.findings(rep)
+    assert [(f.layer, f.kind) for f in found] == [("fc1", "collapse")]
+    f = found[0]
+    assert f.start_step <= 20 and 180 <= f.end_step <= 260
+    assert f.first > 15 and f.last < 7.5  # edge medians of a phase that spans most of the ramp
+    assert f.relative_change == pytest.approx(f.last / f.first - 1)
+    assert f.loss_first > f.loss_last > 0
+    (line,) = story.story_lines(rep)
+    assert line.startswith("fc1 (Linear 64×32), activation: collapsed over steps ")
+    assert f"stable_rank {f.first:.4g} → {f.last:.4g} ({f.relative_change:+.0%}); loss 3 → " in line
+
+
+def test_a_flat_run_says_nothing_changed(tmp_path):
+    write(tmp_path, {"fc1": noisy(np.full(STEPS.size, 8.0))})
+    assert story.story_lines(ndtracker.report(tmp_path)) == [
+        "No layer collapsed or expanded: every stable_rank curve stayed level within its noise."]
+
+
+def test_largest_changes_come_first_and_the_story_is_capped(tmp_path):
+    curves = {f"l{i}": noisy(np.where(STEPS < 300, 10 + (i + 1) * STEPS / 100, 10 + 3 * (i + 1)), i) for i in range(15)}
+    write(tmp_path, curves)
+    found = story.findings(ndtracker.report(tmp_path))
+    assert len(found) == story.MAX_FINDINGS
+    changes = [abs(f.relative_change) for f in found]
+    assert changes == sorted(changes, reverse=True) and found[0].layer == "l14"
+    assert all(f.kind == "expansion" for f in found)
+
+
+def test_layer_labels_use_the_run_metadata(tmp_path):
+    write(tmp_path, {"fc1": noisy(np.full(STEPS.size, 8.0))}, layers_info=[{"name": "fc1", "type": "Conv2d", "weight_shape": [16, 3, 3, 3]}])
+    rep = ndtracker.report(tmp_path)
+    assert story.layer_label(rep, "fc1") == "fc1 (Conv2d 16×3×3×3)"
+    assert story.layer_label(rep, "other") == "other"
+    assert story.layer_label(rep, "") == "(model)"
+
+
+def test_the_glossary_explains_every_phase_kind_and_jumps():
+    assert set(story.GLOSSARY) == {"collapse", "expansion", "stabilization", "jump"}
