@@ -54,6 +54,12 @@ class _Rendered:
             sections = self._sections(bar)
         return html.write_page(self._title(), sections, path)
 
+    def _repr_html_(self) -> str:
+        """Render inline in a notebook: the page's sections, styled without touching the page."""
+        from ndtracker.reports import notebook
+
+        return notebook.fragment(self)
+
     def _view(self) -> RenderableType:
         raise NotImplementedError
 
@@ -141,6 +147,24 @@ class Report(_Rendered):
         best = max(self.series, key=lambda s: int(np.isfinite(s.loss).sum()))
         keep = np.isfinite(best.loss)
         return best.steps[keep], best.loss[keep]
+
+    def plot(self, layer: str, space: str | None = None, *, ax: Any = None) -> Any:
+        """Draw one layer's metric over the steps, phases shaded and jumps marked.
+
+        Args:
+            layer: A layer of :attr:`layers`.
+            space: ``"activation"`` or ``"weight"`` (default: the first the layer has).
+            ax: Matplotlib axes to draw on (default: a new figure's).
+
+        Returns:
+            The ``matplotlib.figure.Figure`` drawn on.
+
+        Raises:
+            ValueError: ``layer`` has no series (in ``space``) in this report.
+        """
+        from ndtracker.reports import notebook
+
+        return notebook.plot(self, layer, space, ax=ax)
 
     def _view(self) -> RenderableType:
         from ndtracker.reports import terminal

@@ -2,35 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 import ndtracker
 from ndtracker.reports import story
-from ndtracker.store import RunWriter
-
-STEPS = np.arange(0, 1000, 5)
-
-
-def write(folder: Path, curves: dict[str, np.ndarray], layers_info: list | None = None) -> None:
-    info = {"options": {"every": 5}, "layers": layers_info if layers_info is not None else [
-        {"name": name, "type": "Linear", "weight_shape": [64, 32]} for name in curves]}
-    rows = []
-    for layer, values in curves.items():
-        for step, value in zip(STEPS, values):
-            rows.append({"step": int(step), "layer": layer, "space": "activation", "stable_rank": float(value),
-                         "rows": 64, "cols": 64, "estimator": "exact", "status": "ok",
-                         "loss": float(3 * np.exp(-step / 200)), "wall_time": 1.7e9})
-    writer = RunWriter(folder, run_info=info)
-    writer.append(rows)
-    writer.close()
-
-
-def noisy(values: np.ndarray, seed: int = 0) -> np.ndarray:
-    return values + 0.02 * np.random.default_rng(seed).standard_normal(values.size)
-
+from report_runs import STEPS, noisy, write
 
 def test_a_collapse_is_told_with_its_steps_levels_and_the_loss(tmp_path):
     write(tmp_path, {"fc1": noisy(np.where(STEPS < 200, 20 - 15 * STEPS / 200, 5.0)), "fc2": noisy(np.full(STEPS.size, 8.0), 1)})
