@@ -57,3 +57,10 @@ def _is_one_of(value: Any, accepted: Sequence[Any]) -> bool:
         return any(type(value) is type(a) and value == a for a in accepted)
     except Exception:  # a value whose == raises (an array) is not one of the names
         return False
+
+
+def boolean(name: str, value: Any) -> bool:
+    """``value`` if it is a bool (numpy's included), else a TypeError naming ``name``."""
+    if isinstance(value, bool) or type(value).__name__ == "bool_":
+        return bool(value)
+    raise TypeError(f"{name} must be True or False, got {value!r}")

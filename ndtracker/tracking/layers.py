@@ -1,6 +1,7 @@
 """Which modules a Tracker watches, and what it measures of each: output tensor and weight.
 
-Layer selection (``layers=``), the default choice of modules, the cap with even spacing over depth,
+Layer selection (``layers=``), the default choice of modules, the cap (whole repeated blocks, evenly
+spaced over depth),
 the weight matrix of each module type (looked up at each sample: tied, replaced, parametrized and
 lazy weights included), the tensor to measure in tuple, dict, dataclass, ``PackedSequence`` and
 other outputs, and how to see through ``torch.compile`` and data-parallel wrappers.
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,20 +75,25 @@ class TrackedLayer:
 
 
 def select_layers(
-    model: nn.Module, spec: LayerSpec | Sequence[LayerSpec] | None, max_layers: int | None = None
+    model: nn.Module,
+    spec: LayerSpec | Sequence[LayerSpec] | None,
+    max_layers: int | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> list[TrackedLayer]:
     """Resolve a ``layers=`` specification to tracked layers, in model order.
 
     The model itself counts too (named ``""``, as in ``named_modules()``), so a bare
-    ``nn.Linear`` or ``nn.LSTM`` can be tracked; glob patterns never match it.
+    ``nn.Linear`` or ``nn.LSTM`` can be tracked; glob patterns never match it. The default
+    selection is capped at ``max_layers`` by :func:`cap_layers`, and ``warn`` is told what was left out.
 
     Raises:
         ValueError: If an entry matches no module, or nothing trackable is found.
     """
     named = list(model.named_modules())
     if spec is None:
-        chosen = _default_layers(named)
-        chosen = evenly_spaced(chosen, max_layers) if max_layers else chosen
+        chosen, note = cap_layers(_default_layers(named), max_layers)
+        if note and warn is not None:
+            warn(note)
     else:
         chosen = _match_layers(model, named, spec)
     if not chosen:
@@ -96,6 +102,53 @@ def select_layers(
             f"module and no leaf module with a 2-D weight; pass layers=[...] to choose modules"
         )
     return [_make_layer(name, module) for name, module in chosen]
+
+
+def cap_layers(chosen: list[tuple[str, Any]], max_layers: int | None) -> tuple[list[tuple[str, Any]], str | None]:
+    """Keep at most ``max_layers`` of the default layers, whole repeated blocks at a time.
+
+    A *block* is a layer's path up to its first numeric component (``encoder.layer.3`` of
+    ``encoder.layer.3.attention.self.query``): the repeated units of a deep model. Layers outside
+    any block (stems, heads, poolers) are all kept; then as many blocks as fit, evenly spaced over
+    depth, each with all of its layers, so every kept block is measured the same way. When not even
+    that fits, the layers themselves are spaced evenly.
+
+    Returns:
+        The kept layers in model order, and a note saying what was left out (None if nothing).
+    """
+    if max_layers is None or len(chosen) <= max_layers:
+        return list(chosen), None
+    keys = [_block_of(name) for name, _ in chosen]
+    blocks = list(dict.fromkeys(key for key in keys if key is not None))
+    sizes = {block: keys.count(block) for block in blocks}
+    budget = max_layers - keys.count(None)
+    kept_blocks = _fitting_blocks(blocks, sizes, budget)
+    if kept_blocks:
+        kept = [item for item, key in zip(chosen, keys) if key is None or key in kept_blocks]
+        how = f"{len(kept_blocks)} of {len(blocks)} repeated blocks, whole and evenly spaced over depth"
+    else:
+        kept, how = evenly_spaced(list(chosen), max_layers), "evenly spaced over depth"
+    note = (
+        f"tracking {len(kept)} of {len(chosen)} layers (max_layers={max_layers}): {how}; pass "
+        f"max_layers=None to track all {len(chosen)}, or layers=[...] to choose"
+    )
+    return kept, note
+
+
+def _block_of(name: str) -> str | None:
+    parts = name.split(".")
+    for i, part in enumerate(parts):
+        if part.isdigit():
+            return ".".join(parts[: i + 1])
+    return None
+
+
+def _fitting_blocks(blocks: list[str], sizes: dict[str, int], budget: int) -> set[str]:
+    for count in range(len(blocks), 0, -1):
+        picked = evenly_spaced(blocks, count)
+        if sum(sizes[block] for block in picked) <= budget:
+            return set(picked)
+    return set()
 
 
 def evenly_spaced(items: list, count: int) -> list:
@@ -129,7 +182,13 @@ def _is_layer(module: nn.Module) -> bool:
 
 
 def _match_layers(model: nn.Module, named, spec) -> list[tuple[str, nn.Module]]:
-    entries = [spec] if isinstance(spec, (str, type, nn.Module)) else list(spec)
+    if isinstance(spec, (str, type, nn.Module)):
+        entries = [spec]
+    elif isinstance(spec, Iterable):
+        entries = list(spec)
+    else:
+        raise TypeError(f"layers must be a name, a glob pattern, a module type, a module or a list of "
+                        f"them, got {spec!r}")  # fmt: skip
     if not entries:
         raise ValueError("layers must name at least one module, got an empty list")
     chosen: dict[str, nn.Module] = {}

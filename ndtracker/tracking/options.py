@@ -13,7 +13,7 @@ from typing import Any
 
 from torch import nn
 
-from ndtracker.checks import choice, optional_positive_int, positive_int
+from ndtracker.checks import boolean, choice, optional_positive_int, positive_int
 from ndtracker.tracking.layers import is_compiled
 from ndtracker.vocabulary import DEFAULT_METRICS, ESTIMATORS, FULL_SPECTRUM, METRICS, SPACES
 
@@ -78,9 +78,9 @@ def check_options(model: nn.Module, **given: Any) -> Options:
         estimator=estimator,
         conv=choice("conv", given["conv"], CONV_LAYOUTS),
         hooks=hook_mode(choice("hooks", given["hooks"], HOOK_MODES), model),
-        max_rows=optional_positive_int("max_rows", given["max_rows"]),
-        center=bool(given["center"]),
-        track_eval=bool(given["track_eval"]),
+        max_rows=check_max_rows(given["max_rows"]),
+        center=boolean("center", given["center"]),
+        track_eval=boolean("track_eval", given["track_eval"]),
         output_key=given["output_key"],
         seed=int(given["seed"]),
     )
@@ -103,6 +103,14 @@ def check_weight_every(value: int | None, every: int) -> int:
     return value
 
 
+def check_max_rows(value: Any) -> int | None:
+    """``max_rows``: None (every row) or at least 2 (one centred row has no spectrum)."""
+    value = optional_positive_int("max_rows", value)
+    if value == 1:
+        raise ValueError("max_rows must be at least 2 or None (a single centred row has no spectrum), got 1")
+    return value
+
+
 def check_metrics(metrics: Sequence[str] | None) -> tuple[str, ...]:
     """The metric names asked for (:data:`DEFAULT_METRICS` for None); a name alone is allowed."""
     if metrics is None:
@@ -117,9 +125,14 @@ def check_metrics(metrics: Sequence[str] | None) -> tuple[str, ...]:
 
 def check_spaces(spaces: str | Sequence[str]) -> tuple[str, ...]:
     """The spaces to measure, ``"activation"``, ``"weight"`` or both."""
-    chosen = (spaces,) if isinstance(spaces, str) else tuple(spaces)
+    try:
+        chosen = (spaces,) if isinstance(spaces, str) else tuple(spaces)
+    except TypeError:
+        chosen = ()
     if not chosen or any(s not in SPACES for s in chosen):
-        raise ValueError(f"spaces must be 'activation', 'weight' or both, got {spaces!r}")
+        raise ValueError(
+            f"spaces must be 'activation', 'weight', or both as ('activation', 'weight'), got {spaces!r}"
+        )
     return chosen
 
 

@@ -130,11 +130,20 @@ def metric_cell(name: str, value: float, computed: bool) -> float | int | None:
     return value
 
 
-def loss_value(loss: float | torch.Tensor | None) -> float | None:
-    """The loss as a float (a tensor is read here, on sampled steps only), or None."""
+def loss_value(loss: float | torch.Tensor | None, warn: Warn) -> float | None:
+    """The loss as a float (a tensor is read here, on sampled steps only), or None.
+
+    A loss that is not one number (a per-example loss, a string) is logged as null, with a warning
+    (once) saying what to pass instead.
+    """
     if loss is None:
+        return None
+    if isinstance(loss, torch.Tensor) and loss.numel() != 1:
+        warn("*", "loss", f"loss has shape {tuple(loss.shape)}, not one number: it is logged as null; "
+                          "pass a scalar such as loss.mean()")  # fmt: skip
         return None
     try:
         return float(loss.detach().float().item() if isinstance(loss, torch.Tensor) else loss)
-    except (TypeError, ValueError, RuntimeError):
+    except (TypeError, ValueError, RuntimeError, OverflowError):
+        warn("*", "loss", f"loss={loss!r} is not a number: it is logged as null; pass a float or a scalar tensor")
         return None

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ndtracker import store
-from ndtracker.checks import non_negative_int, positive_int, positive_seconds
+from ndtracker.checks import boolean, non_negative_int, optional_positive_int, positive_int, positive_seconds
 from ndtracker.tracking.capture import Capturer
 from ndtracker.tracking.layers import DEFAULT_MAX_LAYERS, LayerSpec, select_layers, unwrapped
 from ndtracker.tracking.sample import log_row, loss_value, measure_jobs, sample_jobs
@@ -107,7 +107,9 @@ class Tracker:
         layers: Which modules to track: names, glob patterns (``"encoder.*.fc1"``), module types or
             module instances, alone or in a list. Default: every Linear, Conv, ConvTranspose,
             MultiheadAttention and RNN/LSTM/GRU module, and any other leaf module with a 2-D+
-            ``weight`` except embeddings; at most ``max_layers`` of them, evenly spaced over depth.
+            ``weight`` except embeddings; at most ``max_layers`` of them: whole repeated blocks
+            (``encoder.layer.3``), evenly spaced over depth, with a warning saying how many
+            layers were left out.
         metrics: Metric names to compute (others are null). Default
             ``("stable_rank", "participation_ratio")``; add ``"effective_rank"`` and ``"energy90"``
             for the full spectrum (an eigendecomposition per matrix, so dearer).
@@ -119,7 +121,8 @@ class Tracker:
         max_rows: Activation rows kept per sample (uniform subsample). Default 4096. Bounds the
             extra memory of a sample at ``max_rows x features x 4`` bytes per layer.
         center: Mean-centre activation columns (default True). Weights are never centred.
-        max_layers: Cap on the default layer selection (default 64); ``None`` for no cap.
+        max_layers: Cap on the default layer selection (default 64), a positive integer;
+            ``None`` for no cap.
         weight_every: Measure weights every this many steps, a multiple of ``every``. Default:
             ``every``: every sampled step measures activation and weight spectra. The weight
             spectra are usually the dearer part of a sample (a weight's Gram matrix is formed
@@ -197,10 +200,11 @@ class Tracker:
             "start_step": self._step, "flush_secs": positive_seconds("flush_secs", flush_secs),
             "max_buffer_rows": positive_int("max_buffer_rows", max_buffer_rows),
         }  # fmt: skip
-        self._layers = select_layers(self._model, layers, max_layers)
+        max_layers = optional_positive_int("max_layers", max_layers)
+        self._layers = select_layers(self._model, layers, max_layers, warn=_warn_at_user)
         self._closed = False
         self._warned: set[tuple[str, str]] = set()
-        self._detectors = SeriesDetectors(detector_factory(detect), self._warn_once)
+        self._detectors = SeriesDetectors(detector_factory(boolean("detect", detect)), self._warn_once)
         self._writer = _open_writer(log_dir, self._run_info(writing), writing)
         self._capturer = Capturer(self._model, self._layers, self._options, self._warn_once)
         if self._is_sampled(self._step):
@@ -297,7 +301,7 @@ class Tracker:
             with_weights = self._options.weights_at(step)
             jobs, keys = sample_jobs(self._layers, self._options, with_weights, self._warn_once)
             results = measure_jobs(jobs, keys, self._warn_once)
-            loss = loss_value(loss)  # read after the measurement's transfer: no extra GPU stall
+            loss = loss_value(loss, self._warn_once)  # read after the measurement's transfer: no extra GPU stall
             rows = [
                 log_row(step, (name, space), jobs[i], results[i], self._options.metrics, self._warn_once)
                 | {"loss": loss, "wall_time": now}
@@ -339,7 +343,9 @@ class Tracker:
         }  # fmt: skip
 
 
-def _open_writer(log_dir: str | None, run_info: dict[str, Any], writing: dict[str, Any]):
+def _open_writer(log_dir: str | os.PathLike | None, run_info: dict[str, Any], writing: dict[str, Any]):
+    if log_dir is not None and not isinstance(log_dir, (str, os.PathLike)):
+        raise TypeError(f"log_dir must be a path (a str or os.PathLike) or None, got {log_dir!r}")
     if log_dir is None:
         log_dir = time.strftime("runs/ndtracker-%Y%m%d-%H%M%S")
     path = store.validate_log_dir(log_dir)
@@ -347,6 +353,11 @@ def _open_writer(log_dir: str | None, run_info: dict[str, Any], writing: dict[st
         path, run_info=run_info, flush_secs=writing["flush_secs"],
         max_buffer_rows=writing["max_buffer_rows"],
     )  # fmt: skip
+
+
+def _warn_at_user(message: str) -> None:
+    """Warn (``UserWarning``) at the user's line that built the Tracker."""
+    warnings.warn(message, UserWarning, stacklevel=_user_stacklevel())
 
 
 def _user_stacklevel() -> int:

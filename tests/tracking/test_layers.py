@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import pytest
 import torch
 from torch import nn
 
-from ndtracker.tracking.layers import evenly_spaced, first_tensor, layer_weight, select_layers
+from ndtracker.tracking.layers import cap_layers, evenly_spaced, first_tensor, layer_weight, select_layers
 from ndtracker import Tracker
 from training_helpers import mlp
 
@@ -106,3 +107,48 @@ def test_output_key_names_an_attribute_of_any_object():
     assert first_tensor(Out(t), key="logits") is t
     assert first_tensor(Out(t)) is None
     assert first_tensor({"x": Out(t)}, key="logits") is None  # the key applies at the top level only
+
+
+class Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.query, self.key, self.value, self.out = (nn.Linear(4, 4) for _ in range(4))
+
+
+class Encoder(nn.Module):
+    """A BERT-like layout: a stem, twelve blocks of four Linear layers, a head."""
+
+    def __init__(self, blocks: int = 12):
+        super().__init__()
+        self.stem = nn.Linear(4, 4)
+        self.layer = nn.ModuleList(Block() for _ in range(blocks))
+        self.head = nn.Linear(4, 2)
+
+
+def test_the_cap_keeps_whole_blocks_in_step_and_says_what_it_left_out(tmp_path):
+    with pytest.warns(UserWarning, match=r"tracking 42 of 50 layers \(max_layers=44\): 10 of 12 repeated "
+                      r"blocks, whole and evenly spaced over depth; pass max_layers=None to track all 50"):
+        names = Tracker(Encoder(), max_layers=44, log_dir=str(tmp_path), detect=False).layers
+    assert names[0] == "stem" and names[-1] == "head"
+    blocks = sorted({int(name.split(".")[1]) for name in names if name.startswith("layer.")})
+    assert blocks[0] == 0 and blocks[-1] == 11 and len(blocks) == 10
+    for block in blocks:  # every kept block is whole
+        assert [n for n in names if n.startswith(f"layer.{block}.")] == [f"layer.{block}.{r}" for r in ("query", "key", "value", "out")]
+
+
+def test_no_warning_when_nothing_is_left_out(tmp_path, recwarn):
+    Tracker(Encoder(2), log_dir=str(tmp_path), detect=False)
+    assert not [w for w in recwarn if "max_layers" in str(w.message)]
+
+
+def test_the_cap_falls_back_to_even_layers_when_no_block_fits():
+    chosen = [(f"layer.{b}.{r}", None) for b in range(3) for r in range(5)]
+    kept, note = cap_layers(chosen, 4)
+    assert [name for name, _ in kept] == ["layer.0.0", "layer.1.0", "layer.1.4", "layer.2.4"]
+    assert note.startswith("tracking 4 of 15 layers (max_layers=4): evenly spaced over depth")
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.5, "8", True])
+def test_max_layers_must_be_a_positive_integer_or_none(tmp_path, bad):
+    with pytest.raises(ValueError, match=rf"max_layers must be a positive integer or None, got {re.escape(repr(bad))}"):
+        Tracker(Encoder(1), max_layers=bad, log_dir=str(tmp_path), detect=False)

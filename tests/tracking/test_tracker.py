@@ -215,7 +215,16 @@ def test_loss_tensor_is_read_only_on_sampled_steps(tmp_path, monkeypatch):
         (dict(layers=nn.LSTM), ValueError, "layers entry 'LSTM' matched no module"),
         (dict(layers=[]), ValueError, "layers must name at least one module"),
         (dict(metrics=["rank"]), ValueError, "metrics must be a non-empty selection"),
-        (dict(spaces="gradient"), ValueError, "spaces must be 'activation', 'weight' or both"),
+        (dict(spaces="gradient"), ValueError, "spaces must be 'activation', 'weight', or both as"),
+        (dict(spaces="both"), ValueError, r"or both as \('activation', 'weight'\), got 'both'"),
+        (dict(spaces=3), ValueError, "spaces must be .*, got 3"),
+        (dict(center="False"), TypeError, "center must be True or False, got 'False'"),
+        (dict(track_eval=1), TypeError, "track_eval must be True or False, got 1"),
+        (dict(detect="no"), TypeError, "detect must be True or False, got 'no'"),
+        (dict(max_rows=1), ValueError, "max_rows must be at least 2 or None"),
+        (dict(max_layers=0), ValueError, "max_layers must be a positive integer or None, got 0"),
+        (dict(layers=0), TypeError, "layers must be a name, a glob pattern, a module type, a module or a list of them, got 0"),
+        (dict(log_dir=123), TypeError, r"log_dir must be a path \(a str or os.PathLike\) or None, got 123"),
         (dict(estimator="svd"), ValueError, "estimator must be one of"),
         (dict(estimator="randomized", metrics=["energy90"]), ValueError, "use estimator='auto'"),
         (dict(conv="pixel"), ValueError, "conv must be one of"),
@@ -231,7 +240,7 @@ def test_loss_tensor_is_read_only_on_sampled_steps(tmp_path, monkeypatch):
 def test_bad_configuration_raises_at_construction(tmp_path, kwargs, error, match):
     model = mlp()
     with pytest.raises(error, match=match):
-        Tracker(model, log_dir=str(tmp_path), **kwargs)
+        Tracker(model, **{"log_dir": str(tmp_path), **kwargs})
     assert hook_count(model) == 0
 
 
@@ -298,3 +307,14 @@ def test_step_after_close_warns_once_and_logs_nothing(tmp_path):
         model(torch.randn(4, 12)).sum().backward()
         tracker.step()
     assert sorted(ndtracker.load(tmp_path).step.unique()) == [0]
+
+
+def test_a_loss_that_is_not_one_number_is_logged_null_with_one_warning(tmp_path):
+    model = mlp()
+    with pytest.warns(RuntimeWarning, match=r"loss has shape \(32,\), not one number: .* pass a scalar such as loss.mean\(\)"):
+        with Tracker(model, every=1, log_dir=str(tmp_path), detect=False) as tracker:
+            for loss in ("per example", "per example", 10**400):
+                per_example = model(torch.randn(32, 12)).pow(2).mean(1)
+                tracker.step(loss=per_example if loss == "per example" else loss)
+    frame = ndtracker.load(tmp_path)
+    assert frame["loss"].isna().all() and len(frame) == 3 * 3 * 2
