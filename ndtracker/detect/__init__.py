@@ -29,9 +29,10 @@ from __future__ import annotations
 from numpy.typing import ArrayLike
 
 from ndtracker.detect.jumps import Jump, _jump_candidates, _JumpOptions, _to_jump, find_anomalies, find_jumps
+from ndtracker.detect.level import smooth_level
 from ndtracker.detect.online import Event, OnlineDetector, PhaseChange
-from ndtracker.detect.phases import Phase, PhaseKind, _phases_of_clipped, _PhaseOptions, _too_short, label_phases
-from ndtracker.detect._robust import _clipped, _prepare
+from ndtracker.detect.phases import Phase, PhaseKind, _phases_of_finite, _PhaseOptions, _too_short, _Where, label_phases
+from ndtracker.detect._robust import _check_steps, _clipped, _prepare
 
 __all__ = [
     "Jump",
@@ -43,26 +44,30 @@ __all__ = [
     "find_anomalies",
     "label_phases",
     "phases_and_jumps",
+    "smooth_level",
     "OnlineDetector",
 ]
 
 
-def phases_and_jumps(values: ArrayLike) -> tuple[list[Phase], list[Jump]]:
-    """``(label_phases(values), find_jumps(values))`` with default options, clipping outliers once.
+def phases_and_jumps(values: ArrayLike, steps: ArrayLike | None = None) -> tuple[list[Phase], list[Jump]]:
+    """``(label_phases(values, steps), find_jumps(values, steps))`` with default options, the
+    shared work (outlier clipping, jumps) done once.
 
-    What a report asks of each series; the same results as the two calls, about a fifth faster.
+    What a report asks of each series.
 
     Args:
         values: The series, shape ``(n,)``; non-finite values are skipped (with one warning).
+        steps: Optional training step of each value, shape ``(n,)``, strictly increasing.
 
     Raises:
-        ValueError: ``values`` is not 1-D or not numeric.
+        ValueError: ``values`` is not 1-D or not numeric, or ``steps`` does not match it.
     """
     jump_options, phase_options = _JumpOptions(), _PhaseOptions()
     y, positions, n = _prepare(values, "phases_and_jumps")
-    if y.size < phase_options.min_length:
-        return _too_short(n), []
+    where = _Where(positions, n, _check_steps(steps, n, "phases_and_jumps"))
     clipped = _clipped(y, jump_options.half_blocks, jump_options.min_window)
-    phases = _phases_of_clipped(clipped, positions, n, phase_options)
-    jumps = [_to_jump(c, positions) for c in _jump_candidates(clipped, jump_options)]
-    return phases, jumps
+    candidates = _jump_candidates(clipped, jump_options)
+    jumps = [_to_jump(c, positions, where.steps) for c in candidates]
+    if y.size < phase_options.min_length:
+        return _too_short(n), jumps
+    return _phases_of_finite(y, candidates, where, phase_options), jumps

@@ -52,6 +52,21 @@ def _prepare(values: ArrayLike, caller: str) -> tuple[np.ndarray, np.ndarray, in
     return array[positions], positions, array.size
 
 
+def _check_steps(steps: ArrayLike | None, n: int, caller: str) -> np.ndarray | None:
+    """Return ``steps`` as a float array, or raise unless it is 1-D, of length ``n``, increasing."""
+    if steps is None:
+        return None
+    try:
+        array = np.asarray(steps, dtype=float)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{caller}: steps must be a 1-D sequence of numbers ({error})") from None
+    if array.shape != (n,):
+        raise ValueError(f"{caller}: steps must have shape ({n},) like values, got {array.shape}")
+    if n and not (np.all(np.isfinite(array)) and np.all(np.diff(array) > 0)):
+        raise ValueError(f"{caller}: steps must be finite and strictly increasing, got {array[:5].tolist()}...")
+    return array
+
+
 def _row_median(rows: np.ndarray) -> np.ndarray:
     """Median of each row of a 2-D array (as :func:`numpy.median`, by partial sorting)."""
     half, odd = divmod(rows.shape[1], 2)

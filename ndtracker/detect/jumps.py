@@ -11,12 +11,16 @@ heavy-tailed and heteroscedastic noise do not inflate it. Before that, each samp
 its running median over ``2 * min_window + 1`` samples +- 3 robust sd, so a spike or an excursion
 shorter than ``min_window`` samples is not a jump (:func:`find_anomalies` reports isolated
 outliers). A candidate must also fit a step better than the best continuous bent line over its
-window, so the end of a fast trend is not a jump. One jump gives one detection: among the local
-maxima of the significance at all windows, one is dropped if a candidate found at a smaller window
-(or at the same window with a larger z) lies inside its window.
+window, by a margin in noise sd and by a quarter of what a noise-free step of its size would, so
+the end of a fast trend and a smooth, noise-free curve are trends, not jumps; and it must reach
+``min_relative_size`` (1 %) of the level. One jump gives one detection: among the local maxima of
+the significance at all windows, one is dropped if a candidate found at a smaller window (or at the
+same window with a larger z) lies inside its window. In the first ``min_window`` samples, where
+there is no room for a line on the left, the left side is the mean of the 3 or more samples before
+the boundary (a one-sided fit), so a shift in the first samples is found too.
 
 Every decision about position ``t`` depends only on the finite samples within a fixed horizon
-(:attr:`_JumpOptions.horizon`) around ``t``: what lets the online detector agree exactly.
+(:attr:`_JumpOptions.horizon`) around ``t``.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from ndtracker.detect._robust import (
     _LAGS,
     _PHI_GRID,
     _check,
+    _check_steps,
     _clipped,
     _local_noise,
     _local_scale,
@@ -45,6 +50,8 @@ __all__ = ["Jump", "find_jumps", "find_anomalies"]
 
 
 _BEND = 0.6  # the step must beat the best bent line by as much as a step of _BEND * z_threshold sd
+_SHARP = 0.25  # ... and by this fraction of what a noise-free step of its own size would
+_EDGE_MIN = 3  # samples before a jump in the first min_window samples (a one-sided fit)
 
 
 @dataclass(frozen=True)
@@ -58,7 +65,11 @@ class Jump:
         z: Significance: ``abs(size)`` over the noise sd of the estimate.
         before: Level just before the jump (left local fit at the boundary).
         after: Level just after the jump (right local fit at the boundary).
-        window: Samples on each side of the fit that found the jump.
+        window: Samples on each side of the fit that found the jump (for a jump in the first
+            ``min_window`` samples, the right side; the left side is the samples before it).
+        relative_size: ``size`` over ``abs(before)``, the shift relative to the level
+            (``inf`` with the sign of ``size`` where ``before`` is 0).
+        step: Training step of ``index`` where ``steps`` were given, else None.
     """
 
     index: int
@@ -68,6 +79,8 @@ class Jump:
     before: float = math.nan
     after: float = math.nan
     window: int = 0
+    relative_size: float = math.nan
+    step: float | None = None
 
 
 @dataclass(frozen=True)
@@ -79,6 +92,7 @@ class _JumpOptions:
     max_window: int = 64
     noise_window: int = 1024
     min_size: float = 0.0
+    min_relative_size: float = 0.01
 
     def __post_init__(self) -> None:
         _check("z_threshold", self.z_threshold, 1.0, 100.0)
@@ -86,6 +100,7 @@ class _JumpOptions:
         _check("max_window", self.max_window, self.min_window, 4096, integer=True)
         _check("noise_window", self.noise_window, 2 * _BLOCK, 2**20, integer=True)
         _check("min_size", self.min_size, 0.0)
+        _check("min_relative_size", self.min_relative_size, 0.0)
 
     @property
     def windows(self) -> tuple[int, ...]:
@@ -162,9 +177,10 @@ def _peaks(z: np.ndarray, half: int, threshold: float) -> np.ndarray:
 
 
 @cache
-def _unit_bend_rss(w: int) -> float:
-    """Residual sum of squares of the best bent line through a noise-free unit step (cached)."""
-    return _bend_rss(np.arange(-w, w) + 0.5, np.repeat([-0.5, 0.5], w))
+def _unit_bend_rss(left: int, right: int) -> float:
+    """Residual sum of squares of the best bent line through a noise-free unit step with ``left``
+    and ``right`` samples on its sides (cached)."""
+    return _bend_rss(np.arange(-left, right) + 0.5, np.repeat([-0.5, 0.5], [left, right]))
 
 
 @dataclass(frozen=True)
@@ -179,27 +195,71 @@ class _Candidate:
     after: float
 
 
+def _relevant(gap: float, before: float, after: float, opts: _JumpOptions) -> bool:
+    """Whether a shift reaches ``min_size`` and ``min_relative_size`` of the larger of its levels."""
+    return abs(gap) >= max(opts.min_size, opts.min_relative_size * max(abs(before), abs(after)))
+
+
+def _stepped(u: np.ndarray, window: np.ndarray, two_models: float, gap: float, sd: float, opts: _JumpOptions) -> bool:
+    """Whether a step fits ``window`` better than the best continuous bent line, by as much as a
+    noise-free step of ``_BEND * z_threshold`` sd would and by ``_SHARP`` of what a noise-free step
+    of size ``gap`` would: a smooth curve, however steep and noise-free, is a trend, not a jump."""
+    unit = _unit_bend_rss(int(np.sum(u < 0)), int(np.sum(u > 0)))
+    excess = _bend_rss(u, window) - two_models
+    return excess >= max((_BEND * opts.z_threshold * sd) ** 2, _SHARP * gap * gap) * unit
+
+
 def _test_window(
     y: np.ndarray, t: int, w: int, gap: float, noise: float, factor: float, opts: _JumpOptions
 ) -> _Candidate | None:
     """Test the boundary ``t`` with ``w`` samples each side; return a candidate if it passes.
 
     The noise sd is raised to the residual sd of the two lines where they are noisier than the
-    context (heteroscedastic noise). Then the gap must reach ``z_threshold`` sd and ``min_size``,
-    and the step must beat the best bent line (a line with one kink anywhere in the window) by as
-    much as a noise-free step of ``z_threshold`` sd would.
+    context (heteroscedastic noise). Then the gap must reach ``z_threshold`` sd, ``min_size`` and
+    ``min_relative_size`` of the level, and the step must beat the best bent line
+    (:func:`_stepped`).
     """
     u = np.arange(-w, w) + 0.5
     window = y[t - w : t + w] - np.mean(y[t - w : t + w])
     two_lines = _line_rss(u[:w], window[:w]) + _line_rss(u[w:], window[w:])
     sd = max(noise, math.sqrt(two_lines / (2 * w - 4))) * factor
-    if abs(gap) < max(opts.z_threshold * sd, opts.min_size):
-        return None
-    if _bend_rss(u, window) - two_lines < (_BEND * opts.z_threshold * sd) ** 2 * _unit_bend_rss(w):
-        return None
     right = _side_weights(w)
     before, after = float(right @ y[t - w : t][::-1]), float(right @ y[t : t + w])
+    if abs(gap) < opts.z_threshold * sd or not _relevant(gap, before, after, opts):
+        return None
+    if not _stepped(u, window, two_lines, gap, sd, opts):
+        return None
     return _Candidate(t, w, float(gap), abs(gap) / sd, before, after)
+
+
+def _edge_candidate(y: np.ndarray, sigma: float, phi: float, opts: _JumpOptions) -> _Candidate | None:
+    """The most significant jump at a position ``t`` in ``[_EDGE_MIN, min_window)``: too close to
+    the start for a line on its left, so the left side is the mean of the ``t`` samples before it
+    (a one-sided fit), the right side a line over ``min_window`` samples."""
+    w, best = opts.min_window, None
+    for t in range(_EDGE_MIN, min(w, y.size - w + 1)):
+        found = _test_edge(y, t, w, sigma, phi, opts)
+        if found is not None and (best is None or found.z > best.z):
+            best = found
+    return best
+
+
+def _test_edge(y: np.ndarray, t: int, w: int, sigma: float, phi: float, opts: _JumpOptions) -> _Candidate | None:
+    """Test the boundary ``t < min_window`` with a one-sided fit (see :func:`_edge_candidate`)."""
+    kernel = np.concatenate([np.full(t, -1.0 / t), _side_weights(w)])
+    before, after = float(np.mean(y[:t])), float(_side_weights(w) @ y[t : t + w])
+    gap = after - before
+    u = np.arange(-t, w) + 0.5
+    window = y[: t + w] - np.mean(y[: t + w])
+    two_models = float(np.sum((window[:t] - window[:t].mean()) ** 2)) + _line_rss(u[t:], window[t:])
+    lags = np.abs(np.arange(kernel.size)[:, None] - np.arange(kernel.size)[None, :])
+    noise = max(sigma, math.sqrt(two_models / max(1, t + w - 3)))
+    sd = noise * math.sqrt(max(float(kernel @ (phi**lags) @ kernel), 1e-300))
+    if abs(gap) < opts.z_threshold * sd or not _relevant(gap, before, after, opts):
+        return None
+    if not _stepped(u, window, two_models, gap, sd, opts):
+        return None
+    return _Candidate(t, w, gap, abs(gap) / sd, before, after)
 
 
 def _candidates(
@@ -231,32 +291,45 @@ def _jump_candidates(clipped: np.ndarray, opts: _JumpOptions) -> list[_Candidate
     if clipped.size < 2 * opts.min_window:
         return []
     sigma, phi = _local_noise(clipped, opts.half_blocks)
-    found = []
+    edge = _edge_candidate(clipped, float(sigma[0]), float(phi[0]), opts)
+    found = [] if edge is None else [edge]
     for w in opts.windows:
         if clipped.size >= 2 * w:
             found.extend(_candidates(clipped, sigma, phi, w, opts))
     return _suppress(found)
 
 
-def _to_jump(c: _Candidate, positions: np.ndarray) -> Jump:
-    """Turn a candidate into a public record, at its position in the input."""
-    return Jump(int(positions[c.t]), 1 if c.gap > 0 else -1, c.gap, c.z, c.before, c.after, c.w)
+def _to_jump(c: _Candidate, positions: np.ndarray, steps: np.ndarray | None = None) -> Jump:
+    """Turn a candidate into a public record, at its position in the input (and its step)."""
+    index = int(positions[c.t])
+    relative = c.gap / abs(c.before) if c.before else math.copysign(math.inf, c.gap)
+    step = None if steps is None else _step_value(steps[index])
+    return Jump(index, 1 if c.gap > 0 else -1, c.gap, c.z, c.before, c.after, c.w, relative, step)
+
+
+def _step_value(step: float) -> float | int:
+    """A step as an int where it is integral, else a float."""
+    return int(step) if float(step).is_integer() else float(step)
 
 
 def find_jumps(
     values: ArrayLike,
+    steps: ArrayLike | None = None,
     *,
     z_threshold: float = _JumpOptions.z_threshold,
     min_window: int = _JumpOptions.min_window,
     max_window: int = _JumpOptions.max_window,
     noise_window: int = _JumpOptions.noise_window,
     min_size: float = _JumpOptions.min_size,
+    min_relative_size: float = _JumpOptions.min_relative_size,
 ) -> list[Jump]:
     """Find the persistent level shifts of a 1-D series.
 
     Args:
         values: The series, shape ``(n,)``, any units. Non-finite values are skipped (with a
             ``RuntimeWarning``); indices still refer to positions in ``values``.
+        steps: Optional training step of each value, shape ``(n,)``, strictly increasing (for
+            uneven sampling); each jump then carries the ``step`` of its index.
         z_threshold: Minimum significance of a jump, in noise sd of the estimated shift (default
             5.0; in [1, 100]). The same bar applies to the step-versus-bend test.
         min_window: Smallest number of samples fitted on each side (default 8; >= 4). Two jumps
@@ -269,10 +342,13 @@ def find_jumps(
         noise_window: Samples around each position used to estimate the local noise (default
             1024; >= 128).
         min_size: Minimum absolute shift, in the series' units (default 0.0: any significant shift).
+        min_relative_size: Minimum shift relative to the level, ``abs(size) / max(abs(before),
+            abs(after))`` (default 0.01, that is 1 %): smaller shifts, however significant, are
+            not practically relevant. 0 reports every significant shift.
 
     Returns:
-        The jumps, sorted by index. With ``min_size=0`` the indices are invariant to affine maps
-        ``a * values + b``; a negative ``a`` flips each ``direction``.
+        The jumps, sorted by index. With ``min_size=0`` and ``min_relative_size=0`` the indices
+        are invariant to affine maps ``a * values + b``; a negative ``a`` flips each ``direction``.
 
     Raises:
         ValueError: ``values`` is not 1-D or not numeric, or an option is out of range.
@@ -284,10 +360,11 @@ def find_jumps(
         >>> [(jump.index, jump.direction) for jump in find_jumps(series)]
         [(200, 1)]
     """
-    opts = _JumpOptions(z_threshold, min_window, max_window, noise_window, min_size)
-    y, positions, _ = _prepare(values, "find_jumps")
+    opts = _JumpOptions(z_threshold, min_window, max_window, noise_window, min_size, min_relative_size)
+    y, positions, n = _prepare(values, "find_jumps")
+    step_array = _check_steps(steps, n, "find_jumps")
     clipped = _clipped(y, opts.half_blocks, opts.min_window)
-    return [_to_jump(c, positions) for c in _jump_candidates(clipped, opts)]
+    return [_to_jump(c, positions, step_array) for c in _jump_candidates(clipped, opts)]
 
 
 def find_anomalies(values: ArrayLike, *, z_threshold: float = 6.0, noise_window: int = 1024) -> list[int]:

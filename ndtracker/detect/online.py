@@ -1,24 +1,46 @@
-"""Detect jumps and phase changes one value at a time, with bounded memory and lag.
+"""Detect jumps and phase changes one value at a time, with bounded memory and a bounded lag.
 
-Every decision of :func:`~ndtracker.detect.find_jumps` about position ``t`` depends only on the
-finite samples within a fixed horizon around ``t``, so :class:`OnlineDetector` reports exactly the
-jumps of ``find_jumps`` on the same series; its final phases equal
-:func:`~ndtracker.detect.label_phases`.
+:class:`OnlineDetector` keeps the last ``buffer`` finite values and, every few values, runs the
+offline detectors on them:
+
+- **Jumps**: :func:`~ndtracker.detect.find_jumps`' test at its smallest window (``min_window``
+  samples on each side) on the buffer; a jump is reported once ``2 * min_window`` values have
+  followed it, so within :attr:`OnlineDetector.jump_lag` (20 with the defaults) values of its
+  index. Online jumps approximate the offline ones: a jump that only the larger windows of
+  ``find_jumps`` can see (a small shift in much noise) is found offline only, and the noise is
+  estimated on the buffer rather than on the whole series.
+- **Phases**: :func:`~ndtracker.detect.label_phases`' rule on the buffer; phases are recomputed every 8 values; a
+  phase change is reported at the first check at which ``settle`` values have followed its start,
+  so within :attr:`OnlineDetector.phase_lag` (36 with the defaults) values of its index for a change that the level shows within about
+  ``settle`` values (a trend must move its level by ``1.25 * min_change`` before it is a trend at
+  all). The first phase (index 0) is reported when it ends or turns out to be a trend. A slow
+  trend, one that moves by less than ``min_change`` over the buffer, may be reported in pieces or
+  not at all online; the offline labels see it.
+
+The final offline labels of the whole series (:func:`~ndtracker.detect.label_phases`,
+:func:`~ndtracker.detect.find_jumps`) refine the online events: same rule and same tests, but
+with all the data on both sides of each position.
 """
 
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import dataclass
 from typing import Union
 
 import numpy as np
 
 from ndtracker.detect.jumps import Jump, _jump_candidates, _JumpOptions, _to_jump
-from ndtracker.detect.phases import Phase, PhaseKind, _block_sums, _label_blocks, _PhaseOptions
-from ndtracker.detect._robust import _BLOCK, _check, _clipped
+from ndtracker.detect.phases import Phase, PhaseKind, _phases_of_finite, _PhaseOptions, _Where
+from ndtracker.detect._robust import _check, _clipped
 
 __all__ = ["PhaseChange", "Event", "OnlineDetector"]
+
+_CHECK_EVERY = 4  # values between two checks for jumps
+_PHASE_EVERY = 8  # values between two checks for phase changes
+_BUFFER = 512  # finite values kept
+_SETTLE = 28  # values after a phase change before it is reported
 
 
 @dataclass(frozen=True)
@@ -29,107 +51,50 @@ class PhaseChange:
         index: Position of the first sample of the new phase.
         kind: Kind of the new phase.
         previous: Kind of the phase before it, or None for the first phase.
+        step: Training step of ``index`` where :meth:`OnlineDetector.update` was given steps.
     """
 
     index: int
     kind: PhaseKind
     previous: PhaseKind | None = None
+    step: float | None = None
 
 
 Event = Union[Jump, PhaseChange]
 
 
-class _BlockAccumulator:
-    """Block sums of a growing series, equal bit for bit to :func:`_block_sums` of the whole.
-
-    Full blocks are kept as sums; the last, partial block as a stack of pairwise sums (a binary
-    counter), so its sum is formed in the same order as the offline level-by-level merging.
-    """
-
-    def __init__(self, max_points: int) -> None:
-        self.max_points = max_points
-        self.size = 1
-        self.sums: list[float] = []
-        self.starts: list[int] = []  # input position of each full block's first sample
-        self.stack: list[tuple[int, float]] = []  # (level, sum) of the partial block, levels decreasing
-        self.partial = 0  # samples in the partial block
-        self.partial_start = 0
-
-    def push(self, value: float, position: int) -> None:
-        """Append one sample at input ``position``."""
-        if not self.partial:
-            self.partial_start = position
-        self.stack.append((0, value))
-        self.partial += 1
-        while len(self.stack) > 1 and self.stack[-1][0] == self.stack[-2][0]:
-            (level, right), (_, left) = self.stack.pop(), self.stack.pop()
-            self.stack.append((level + 1, left + right))
-        if self.partial == self.size:
-            self.sums.append(self.stack[0][1])
-            self.starts.append(self.partial_start)
-            self.stack, self.partial = [], 0
-        if len(self.sums) + bool(self.partial) > self.max_points:
-            self._double()
-
-    def _double(self) -> None:
-        """Merge neighbouring blocks pairwise; an unpaired last full block joins the partial one."""
-        level = self.size.bit_length() - 1
-        if len(self.sums) % 2:
-            self.stack = [(level, self.sums.pop())] + self.stack
-            self.partial += self.size
-            self.partial_start = self.starts.pop()
-        self.sums = [a + b for a, b in zip(self.sums[::2], self.sums[1::2])]
-        self.starts = self.starts[::2]
-        self.size *= 2
-
-    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Return (sums, counts, input positions of the first sample) of all blocks."""
-        sums, counts, starts = list(self.sums), [float(self.size)] * len(self.sums), list(self.starts)
-        if self.partial:
-            total = self.stack[-1][1]
-            for _, part in reversed(self.stack[:-1]):
-                total = part + total
-            sums.append(total)
-            counts.append(float(self.partial))
-            starts.append(self.partial_start)
-        return np.array(sums), np.array(counts), np.array(starts, dtype=int)
-
-    def __len__(self) -> int:
-        return len(self.sums) + len(self.stack)
-
-
-def _real(value: object) -> float:
+def _real(value: object, name: str = "value") -> float:
     """``value`` as a float (a Python or numpy number, a 0-d array or tensor); TypeError otherwise."""
     try:
         if not isinstance(value, (str, bytes)):
             return float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         pass
-    raise TypeError(f"OnlineDetector.update: value must be a real number, got {value!r}")
+    raise TypeError(f"OnlineDetector.update: {name} must be a real number, got {value!r}")
 
 
 class OnlineDetector:
     """Detect jumps and phase changes one value at a time, with bounded memory and lag.
 
-    Each :meth:`update` takes the next value; every ``stride`` finite values the detector runs
-    :func:`find_jumps` on a buffer of recent values and reports the jumps whose decision can no
-    longer change (all data within ``horizon`` on each side seen). These are exactly the jumps of
-    :func:`find_jumps` on the whole series, reported at most ``lag`` values late. Settled values
-    (outliers clipped) are summarised in at most ``max_points`` blocks for the phases; a phase
-    change is reported once it lies ``phase_lag`` values inside the settled data. Early phase
-    changes are provisional; after :meth:`finish`, :meth:`phases` equals :func:`label_phases` of
-    the whole series.
+    Each :meth:`update` takes the next value (and optionally its training step); every 4 (8)
+    values the detector checks the last ``buffer`` finite values for jumps (phase changes) (see
+    :mod:`ndtracker.detect.online`). A jump is reported at most :attr:`jump_lag` values after its
+    index, a phase change at most :attr:`phase_lag` values after its start (for a change the level
+    shows within ``settle`` values). :meth:`phases` gives the phases of the reported changes; the
+    offline :func:`label_phases` of the whole series refines them.
 
     Args:
-        z_threshold, min_window, max_window, noise_window, min_size: As in :func:`find_jumps`.
+        z_threshold, min_window, max_window, noise_window, min_size, min_relative_size: As in
+            :func:`find_jumps` (online, only the ``min_window`` window is tested).
         min_change, trend_threshold, penalty, resolution, min_length, max_points: As in
             :func:`label_phases`.
-        phase_lag: Values between a phase change and the end of the settled data before it is
-            reported (default 1024; >= 0). Phases are recomputed every ``max(stride, phase_lag // 2)``
-            settled values.
-        stride: Finite values between two runs of the detection (default ``8 * max_window``). A
-            run takes tens of milliseconds; detectors fed in lockstep (one per layer) can be given
-            different strides so that their runs do not coincide.
+        phase_lag: Kept for compatibility; no longer used (see ``settle``).
+        stride: Kept for compatibility; no longer used: checks run every 4 values, so that the
+            lags hold.
+        settle: Values after a phase change before it is reported (default 28; in [8, 4096]).
+            Larger values report fewer provisional changes, later.
+        buffer: Finite values kept and analysed (default 512; in [64, 65536]; at least
+            ``4 * settle``).
 
     Raises:
         ValueError: An option is out of range.
@@ -137,11 +102,10 @@ class OnlineDetector:
     Example:
         >>> import numpy as np
         >>> detector = OnlineDetector()
-        >>> series = np.r_[np.zeros(3000), np.ones(3000)] + np.random.default_rng(0).normal(0, 0.1, 6000)
-        >>> events = [event for value in series for event in detector.update(value)]
-        >>> events += detector.finish()
-        >>> [(event.index, type(event).__name__) for event in events if isinstance(event, Jump)]
-        [(3000, 'Jump')]
+        >>> series = np.r_[np.zeros(300), np.ones(300)] + np.random.default_rng(0).normal(0, 0.1, 600)
+        >>> found = [(i, event) for i, value in enumerate(series) for event in detector.update(value)]
+        >>> [(event.index, i) for i, event in found if isinstance(event, Jump)]
+        [(300, 319)]
     """
 
     def __init__(
@@ -152,6 +116,7 @@ class OnlineDetector:
         max_window: int = _JumpOptions.max_window,
         noise_window: int = _JumpOptions.noise_window,
         min_size: float = _JumpOptions.min_size,
+        min_relative_size: float = _JumpOptions.min_relative_size,
         min_change: float = _PhaseOptions.min_change,
         trend_threshold: float = _PhaseOptions.trend_threshold,
         penalty: float = _PhaseOptions.penalty,
@@ -160,141 +125,174 @@ class OnlineDetector:
         max_points: int = _PhaseOptions.max_points,
         phase_lag: int = 1024,
         stride: int | None = None,
+        settle: int = _SETTLE,
+        buffer: int = _BUFFER,
     ) -> None:
-        self._jump_options = _JumpOptions(z_threshold, min_window, max_window, noise_window, min_size)
-        self._phase_options = _PhaseOptions(
-            min_change, trend_threshold, penalty, resolution, min_length, max_points
-        )
+        self._full_options = _JumpOptions(z_threshold, min_window, max_window, noise_window, min_size, min_relative_size)
+        self._jump_options = _JumpOptions(z_threshold, min_window, min_window, noise_window, min_size, min_relative_size)
+        self._phase_options = _PhaseOptions(min_change, trend_threshold, penalty, resolution, min_length, max_points)
         _check("phase_lag", phase_lag, 0, 2**31, integer=True)
-        self.phase_lag = phase_lag
         self.stride = 8 * max_window if stride is None else stride
         _check("stride", self.stride, 1, 2**20, integer=True)
-        self._values: list[float] = []  # finite values from compressed index ``_offset`` on
-        self._positions: list[int] = []
-        self._offset = 0
+        _check("settle", settle, 8, 4096, integer=True)
+        _check("buffer", buffer, max(64, 4 * settle), 2**16, integer=True)
+        self.settle, self.buffer = settle, buffer
+        self._values: deque[float] = deque(maxlen=buffer)
+        self._positions: deque[int] = deque(maxlen=buffer)
+        self._steps: deque[float] = deque(maxlen=buffer)
         self._count = 0  # values seen, finite or not
-        self._decided = 0  # compressed index below which jumps and clipped values are settled
-        self._blocks = _BlockAccumulator(max_points)
+        self._finite = 0  # finite values seen
+        self._has_steps = False
+        self._jumps_decided = 0  # position from which jumps are still open
         self._reported: list[PhaseChange] = []
-        self._settled_end = 0  # input position after the last settled value
-        self._phases_at = 0  # settled end when the phases were last computed
-        self._previous: list[Phase] = []  # phases found by the last computation
         self._finished = False
         self.skipped = 0
 
     @property
-    def horizon(self) -> int:
-        """Finite values on each side of a position that a jump decision there depends on."""
-        return self._jump_options.horizon
+    def jump_lag(self) -> int:
+        """Most finite values between a jump's index and the update that reports it."""
+        return 2 * self._jump_options.min_window + _CHECK_EVERY
+
+    @property
+    def phase_lag(self) -> int:
+        """Most finite values between a phase change's start and the update that reports it, for
+        a change the level shows within ``settle`` values."""
+        return self.settle + _PHASE_EVERY
 
     @property
     def lag(self) -> int:
-        """Most finite values a jump is reported after the value that shows it."""
-        return self.horizon + self.stride
+        """The jump lag (:attr:`jump_lag`), kept for compatibility."""
+        return self.jump_lag
+
+    @property
+    def horizon(self) -> int:
+        """Finite values on each side of a position that the offline jump decision there uses."""
+        return self._full_options.horizon
 
     @property
     def memory(self) -> int:
-        """Values held: the buffer plus the phase blocks; bounded whatever the series length."""
-        return len(self._values) + len(self._blocks)
+        """Values held: the buffer; bounded whatever the series length."""
+        return len(self._values)
 
-    def update(self, value: float) -> list[Event]:
+    def update(self, value: float, step: float | None = None) -> list[Event]:
         """Take the next value (non-finite values are skipped but keep their position).
+
+        Args:
+            value: The next value of the series.
+            step: Its training step (optional; increasing); events then carry steps.
 
         Returns:
             The jumps (by index), then the phase changes, settled by this value (often none).
 
         Raises:
-            TypeError: ``value`` is not a real number (it is not counted).
+            TypeError: ``value`` or ``step`` is not a real number (the value is not counted).
             RuntimeError: After :meth:`finish`.
         """
         if self._finished:
             raise RuntimeError("OnlineDetector.update() called after finish(); create a new detector")
         value = _real(value)
+        step_value = None if step is None else _real(step, "step")
         self._count += 1
         if not math.isfinite(value):
             self.skipped += 1
             return []
-        self._values.append(value)
-        self._positions.append(self._count - 1)
-        finite = self._offset + len(self._values)
-        if finite - self._decided < self.horizon + self.stride:
+        self._push(value, step_value)
+        if self._finite % _CHECK_EVERY:
             return []
-        return self._advance(finite - self.horizon)
+        return self._check(final=False)
 
     def finish(self) -> list[Event]:
         """Report what the lag held back, as if the series ended here; later calls return []."""
         if self._finished:
             return []
         self._finished = True
-        events = self._advance(self._offset + len(self._values), final=True)
-        return events + self._phase_events(final=True)
+        return self._check(final=True)
 
     def phases(self) -> list[Phase]:
-        """Phases of the settled values so far; after :meth:`finish`, those of the whole series."""
-        sums, counts, starts = self._blocks.arrays()
-        end = self._count if self._finished else self._settled_end
-        if counts.sum() < self._phase_options.min_length:
-            return [Phase(0, end, "stabilization")] if end else []
-        return _label_blocks(sums, counts, starts, end, self._phase_options)
-
-    def _advance(self, limit: int, final: bool = False) -> list[Event]:
-        """Settle compressed indices ``[_decided, limit)``: report their jumps, push their clipped
-        values to the phase blocks, drop what no later decision needs."""
-        opts = self._jump_options
-        clipped = _clipped(np.array(self._values), opts.half_blocks, opts.min_window)
-        start, stop = self._decided - self._offset, limit - self._offset
-        positions = np.array(self._positions)
-        events: list[Event] = [
-            _to_jump(c, positions) for c in _jump_candidates(clipped, opts) if start <= c.t < stop
+        """The phases of the reported phase changes (after :meth:`finish`, up to the last value)."""
+        starts = [change.index for change in self._reported] + [self._count]
+        return [
+            Phase(start, stop, change.kind)
+            for change, start, stop in zip(self._reported, starts, starts[1:])
+            if stop > start
         ]
-        self._settle(clipped, start, stop)
-        self._decided = limit
-        self._forget(limit - self.horizon)
-        if final or self._settled_end - self._phases_at < max(self.stride, self.phase_lag // 2):
+
+    def _push(self, value: float, step: float | None) -> None:
+        self._values.append(value)
+        self._positions.append(self._count - 1)
+        self._steps.append(math.nan if step is None else step)
+        self._has_steps = self._has_steps or step is not None
+        self._finite += 1
+
+    def _check(self, final: bool) -> list[Event]:
+        """Run both detections on the buffer; return the newly settled events."""
+        if not self._values:
+            return self._phase_events([], final)
+        y = np.array(self._values)
+        positions = np.array(self._positions)
+        steps = np.full(self._count, math.nan) if self._has_steps else None
+        if steps is not None:
+            steps[positions] = np.array(self._steps)
+        opts = self._jump_options
+        clipped = _clipped(y, opts.half_blocks, opts.min_window)
+        candidates = _jump_candidates(clipped, opts)
+        events: list[Event] = self._jump_events(candidates, positions, steps, final)
+        if not final and self._finite % _PHASE_EVERY:
             return events
-        self._phases_at = self._settled_end
-        return events + self._phase_events(final=False)
+        if y.size < self._phase_options.min_length:
+            return events + self._phase_events([], final)
+        where = _Where(positions, self._count, steps)
+        phases = _phases_of_finite(y, candidates, where, self._phase_options)
+        return events + self._phase_events(phases, final)
 
-    def _settle(self, clipped: np.ndarray, start: int, stop: int) -> None:
-        """Push the clipped values at buffer indices ``[start, stop)`` to the phase blocks."""
-        for i in range(start, stop):
-            self._blocks.push(float(clipped[i]), self._positions[i])
-        if stop > start:
-            self._settled_end = self._positions[stop - 1] + 1
+    def _jump_events(self, candidates: list, positions: np.ndarray, steps: np.ndarray | None, final: bool) -> list[Event]:
+        """Jumps at positions no later decision can change (``2 * min_window`` values seen after)."""
+        limit = self._count if final else int(positions[max(0, positions.size - 2 * self._jump_options.min_window)])
+        found = [c for c in candidates if self._jumps_decided <= positions[c.t] < limit]
+        self._jumps_decided = max(self._jumps_decided, limit)
+        return [_to_jump(c, positions, steps) for c in found]
 
-    def _forget(self, needed: int) -> None:
-        """Drop buffered values before compressed index ``needed``, keeping whole blocks."""
-        drop = needed // _BLOCK * _BLOCK - self._offset  # the buffer stays aligned to blocks
-        if drop > 0:
-            del self._values[:drop], self._positions[:drop]
-            self._offset += drop
+    def _phase_events(self, phases: list[Phase], final: bool) -> list[Event]:
+        """Phase changes that have settled (all remaining ones if final)."""
+        last = self._reported[-1] if self._reported else None
+        if last is None and not final and len(phases) < 2 and phases and phases[0].kind == "stabilization":
+            return []  # the first phase is reported once it is a trend or has ended
+        first_usable = 0 if not self._reported else self._positions[0] + 2 * self.settle
+        changes = [
+            (p.start, p.kind) for p in phases
+            if (last is None or (p.start > last.index and p.kind != last.kind)) and p.start >= first_usable
+        ]  # fmt: skip
+        if final:
+            if not phases and last is None and self._count:
+                changes = [(0, "stabilization")]
+            return [self._report(index, kind) for index, kind in self._chain(changes, last)]
+        if changes and self._count - changes[0][0] >= self.settle:
+            return [self._report(*changes[0])]
+        return []
 
-    def _phase_events(self, final: bool) -> list[Event]:
-        """Report the phase changes that lie ``phase_lag`` inside the settled data and were found
-        by the previous computation too (all remaining ones if final).
+    @staticmethod
+    def _chain(changes: list[tuple[int, PhaseKind]], last: PhaseChange | None) -> list[tuple[int, PhaseKind]]:
+        """Keep the changes that each change the kind of the one before."""
+        out: list[tuple[int, PhaseKind]] = []
+        kind = None if last is None else last.kind
+        for index, new in changes:
+            if new != kind:
+                out.append((index, new))
+                kind = new
+        return out
 
-        A change is reported once: later ones must start ``min_length`` after the last reported
-        one and change its kind.
-        """
-        phases, previous = self.phases(), self._previous
-        self._previous = phases
-        known = len(self._reported)
-        first = (final or len(phases) > 1) and self._settled(phases[: 2 - final], previous, final)
-        if not self._reported and phases and first:
-            self._reported.append(PhaseChange(0, phases[0].kind))
-        for phase in phases[1:] if self._reported else []:
-            if not self._settled([phase], previous, final):
-                break
-            last = self._reported[-1]
-            if phase.start > last.index + self._phase_options.min_length and phase.kind != last.kind:
-                self._reported.append(PhaseChange(phase.start, phase.kind, last.kind))
-        return list(self._reported[known:])
+    def _report(self, index: int, kind: PhaseKind) -> PhaseChange:
+        previous = self._reported[-1].kind if self._reported else None
+        index = 0 if previous is None else index
+        step = self._step_of(index)
+        change = PhaseChange(index, kind, previous, step)
+        self._reported.append(change)
+        return change
 
-    def _settled(self, phases: list[Phase], previous: list[Phase], final: bool) -> bool:
-        """Whether all ``phases`` (at least one) start ``phase_lag`` inside the settled data and
-        ``previous`` has a phase of the same kind starting within ``min_length`` of each."""
-        tolerance, cutoff = self._phase_options.min_length, self._settled_end - self.phase_lag
-        near = (
-            any(p.kind == q.kind and abs(p.start - q.start) <= tolerance for q in previous) for p in phases
-        )
-        return final or (len(phases) > 0 and all(p.start <= cutoff for p in phases) and all(near))
+    def _step_of(self, index: int) -> float | None:
+        if not self._has_steps:
+            return None
+        for position, step in zip(self._positions, self._steps):
+            if position >= index:
+                return None if math.isnan(step) else (int(step) if float(step).is_integer() else step)
+        return None

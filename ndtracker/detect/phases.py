@@ -1,13 +1,28 @@
 """Cut a 1-D series into phases of collapse, expansion and stabilization.
 
-A **phase** is a stretch with one trend: ``collapse`` (sustained decrease), ``expansion``
-(sustained increase) or ``stabilization`` (no significant or no practically sized trend). The
-series (clipped as for jumps) is reduced to at most ``max_points`` block means, cut into straight
-segments by an optimal penalised partition (a BIC-like penalty in units of a robust, AR(1)-inflated
-noise variance, floored at ``resolution`` of the series' magnitude so smooth low-noise curves are
-not cut into many pieces), each boundary that is a change of slope rather than a jump is moved to
-the best kink of a continuous fit, and each segment is labelled by the significance of its slope
-and its relative change; adjacent segments with the same label are merged.
+A **phase** is a stretch of the series' smoothed level (:func:`~ndtracker.detect.smooth_level`,
+smoothed separately between jumps) with one direction. The rule every phase satisfies, with
+``L`` the level, ``start_level = L[start]`` and ``end_level`` the level at the first sample after
+the phase (at the last sample for the last phase):
+
+- ``collapse`` (``expansion``): the level falls (rises) from ``start_level`` to ``end_level`` by at
+  least ``min_change`` (5 %) of ``|start_level|``, and by at least ``trend_threshold`` (4) noise sd
+  of that difference; no jump of the opposite sign lies inside it (``start < index < stop``).
+- ``stabilization``: every other stretch; its net change from ``start_level`` to ``end_level`` is
+  below ``min_change`` of the level or within the noise.
+
+How phases are found: the level is scanned once, left to right, for its swings (a zig-zag): a
+swing ends at an extreme once the level has turned back from it by ``1.25 * min_change`` of the
+extreme and by ``trend_threshold`` noise sd. Each swing is then trimmed to where the level moves:
+its start is the last sample still within ``tol`` of the swing's first extreme, its end the first
+sample within ``tol`` of its last extreme, with ``tol`` the smaller of a tenth of the swing and
+``0.4 * min_change`` of the level (so the stabilization between two swings changes by less than
+``min_change``). A trend is split at any jump of the opposite sign inside it, each part
+relabelled by the rule, and neighbours of one kind are merged unless a jump of the opposite sign
+separates them. Everything is local: the level at a sample depends on the samples within 8 of it,
+noise on the 64-sample blocks around it, and a swing only on the samples since the previous
+extreme; so the labels of the first steps do not change when the run goes on, except the phase at
+the end. Cost: O(n) numpy work plus a Python loop over the local extremes of the level.
 """
 
 from __future__ import annotations
@@ -17,31 +32,41 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 from numpy.typing import ArrayLike
 
-from ndtracker.detect.jumps import _JumpOptions
-from ndtracker.detect._linefit import _bend_fits, _prefix_sums, _residuals, _rss_table, _slope
-from ndtracker.detect._robust import _LAGS, _check, _clipped, _noise_variance, _prepare, _second_differences
+from ndtracker.detect.jumps import _Candidate, _jump_candidates, _JumpOptions
+from ndtracker.detect.level import HALF_WIDTH, _Level, _level_of_finite
+from ndtracker.detect._robust import _check, _check_steps, _clipped, _prepare
 
 __all__ = ["Phase", "PhaseKind", "label_phases"]
 
 
 PhaseKind = Literal["collapse", "expansion", "stabilization"]
+_SWING = 1.25  # a swing must reach this many times min_change, so that trimming leaves min_change
+_TRIM = 0.1  # trimming tolerance: this fraction of the swing ...
+_TRIM_LEVEL = 0.4  # ... and at most this fraction of min_change of the level
+_FLAT = 0.5  # an end part is flat if slower than this fraction of its swing's mean pace
+_ROUNDED = 2 * HALF_WIDTH  # ... and longer than this many samples
 
 
 @dataclass(frozen=True)
 class Phase:
-    """A stretch of the series with one trend; phases are contiguous and cover the series.
+    """A stretch of the series with one direction of its level; phases are contiguous and cover it.
 
     Attributes:
         start: First position (inclusive).
         stop: End position (exclusive).
         kind: ``"collapse"``, ``"expansion"`` or ``"stabilization"``.
-        change: Mean of the last quarter of the phase minus mean of its first quarter, in the
-            series' units (for a straight trend, three quarters of the total change).
-        relative_change: ``change`` over the absolute mean level of the phase.
-        slope: Least-squares slope over the phase, in units per finite sample.
+        change: ``end_level - start_level``, in the series' units.
+        relative_change: ``change / |start_level|``: what the label is about (at most
+            ``-min_change`` for a collapse, at least ``min_change`` for an expansion).
+        slope: ``change`` per finite sample of the phase.
+        start_level: Smoothed level at ``start``.
+        end_level: Smoothed level at ``stop`` (the first sample of the next phase), or at the last
+            sample for the last phase.
+        start_step: Training step of ``start`` where ``steps`` were given, else None.
+        end_step: Training step of the phase's last sample (``stop - 1``) where ``steps`` were
+            given, else None.
     """
 
     start: int
@@ -50,6 +75,10 @@ class Phase:
     change: float = 0.0
     relative_change: float = 0.0
     slope: float = 0.0
+    start_level: float = math.nan
+    end_level: float = math.nan
+    start_step: float | None = None
+    end_step: float | None = None
 
 
 @dataclass(frozen=True)
@@ -72,203 +101,209 @@ class _PhaseOptions:
         _check("max_points", self.max_points, 16, 2**16, integer=True)
 
 
-def _merge_pairs(a: np.ndarray) -> np.ndarray:
-    """Sum neighbours pairwise (0+1, 2+3, ...); an odd last entry is kept as is."""
-    even = a.size // 2 * 2
-    return np.concatenate([a[:even:2] + a[1:even:2], a[even:]])
+@dataclass(frozen=True)
+class _Rule:
+    """The labelling rule over one level series: what a phase's net change must be."""
+
+    level: _Level
+    time: np.ndarray
+    min_change: float
+    z: float
+
+    def kind(self, lo: int, hi: int) -> PhaseKind:
+        """The kind of the stretch of finite samples ``[lo, hi)`` by its net change."""
+        a, b = self.level.level[lo], self.level.level[min(hi, self.level.level.size - 1)]
+        noise = math.hypot(self.level.sd[lo], self.level.sd[min(hi, self.level.level.size - 1)])
+        if abs(b - a) < max(self.min_change * abs(a), self.z * noise) or b == a:
+            return "stabilization"
+        return "expansion" if b > a else "collapse"
+
+    def swing(self, p: int, i: int) -> float:
+        """How far the level must move from the extreme at ``p`` (seen at ``i``) to turn."""
+        level, sd = self.level.level, self.level.sd
+        return max(_SWING * self.min_change * abs(level[p]), self.z * math.hypot(sd[p], sd[i]))
 
 
-def _block_sums(y: np.ndarray, max_points: int) -> tuple[np.ndarray, np.ndarray]:
-    """Return the block sums and counts of ``y``, blocks doubling until there are at most ``max_points``.
-
-    Blocks are ``2**k`` samples aligned at sample 0 (the last may be shorter), summed pairwise level
-    by level so that :class:`OnlineDetector` reproduces the same floating-point sums.
-    """
-    sums, counts = y.astype(float), np.ones(y.size)
-    while sums.size > max_points:
-        sums, counts = _merge_pairs(sums), _merge_pairs(counts)
-    return sums, counts
+def _extremes(level: np.ndarray) -> np.ndarray:
+    """Indices of the local extremes of ``level`` (where its direction changes) and both ends."""
+    direction = np.sign(np.diff(level))
+    turns = np.flatnonzero(direction[1:] != direction[:-1]) + 1
+    return np.concatenate([[0], turns, [level.size - 1]]) if level.size > 1 else np.zeros(level.size, int)
 
 
-def _partition(table: np.ndarray, beta: float, min_len: int, short: bool) -> list[tuple[int, int]]:
-    """Cut the block series into segments minimising (residual sum of squares + ``beta`` per
-    segment) exactly, by dynamic programming over ``table`` (from :func:`_rss_table`).
-
-    A segment has at least ``min_len`` blocks or, if ``short``, any length: a short segment
-    (labelled stabilization) holds the part of a jump that falls inside blocks, so that the jump
-    does not look like a short steep trend.
-    """
-    m = table.shape[0] - 1
-    best, back = np.full(m + 1, np.inf), np.zeros(m + 1, dtype=int)
-    best[0] = 0.0
-    for stop in range(1 if short else min_len, m + 1):
-        last = stop if short else stop - min_len + 1
-        costs = best[:last] + table[stop, :last]
-        back[stop] = costs.argmin()
-        best[stop] = costs[back[stop]] + beta
-    cuts = [m]
-    while cuts[-1] > 0:
-        cuts.append(int(back[cuts[-1]]))
-    return list(zip(cuts[:0:-1], cuts[-2::-1]))
-
-
-def _end_change(y: np.ndarray, w: np.ndarray) -> float:
-    """Weighted mean of the last quarter of ``y`` minus that of its first quarter (at least one point)."""
-    q = max(1, y.size // 4)
-    return float(np.average(y[-q:], weights=w[-q:]) - np.average(y[:q], weights=w[:q]))
-
-
-def _kind(
-    x: np.ndarray, y: np.ndarray, w: np.ndarray, var: float, min_len: int, opts: _PhaseOptions
-) -> PhaseKind:
-    """Label one segment: a trend if it has ``min_len`` blocks, a significant slope and a large
-    enough end change."""
-    if y.size < min_len:
-        return "stabilization"
-    slope, sxx = _slope(x, y, w)
-    significant = abs(slope) * math.sqrt(sxx / var) >= opts.trend_threshold if var > 0 else slope != 0
-    sized = abs(_end_change(y, w)) >= opts.min_change * abs(float(np.average(y, weights=w)))
-    if not (significant and sized):
-        return "stabilization"
-    return "expansion" if slope > 0 else "collapse"
-
-
-def _noise_weights(means: np.ndarray, half: int = 16) -> np.ndarray:
-    """Down-weight block means where the noise is locally larger than typical (heteroscedastic).
-
-    The local noise variance is the squared median absolute second difference within ``half``
-    blocks on each side; a block's weight is the typical (median) local variance over its own,
-    capped at 1 so that noise of one level keeps equal weights, and floored at 1/16.
-    """
-    if means.size < 3:
-        return np.ones(means.size)
-    rough = np.abs(_second_differences(means, 1))
-    half = min(half, rough.size // 2)
-    windows = sliding_window_view(np.pad(rough, half + 1, mode="edge"), 2 * half + 1)[: means.size]
-    local = np.median(windows, axis=1) ** 2
-    ratio = np.divide(np.median(local), local, out=np.ones_like(local), where=local > 0)
-    return np.clip(ratio, 1 / 16, 1.0)
+def _swings(rule: _Rule) -> list[tuple[int, int, int]]:
+    """The zig-zag of the level: swings ``(first extreme, last extreme, direction)``."""
+    level, swings = rule.level.level, []
+    candidates = _extremes(level)
+    direction, pivot, high, low = 0, int(candidates[0]), int(candidates[0]), int(candidates[0])
+    for i in map(int, candidates[1:]):
+        if direction >= 0 and level[i] > level[high]:
+            high = i
+        if direction <= 0 and level[i] < level[low]:
+            low = i
+        if direction >= 0 and i != high and level[high] - level[i] >= rule.swing(high, i):
+            if direction:
+                swings.append((pivot, high, 1))
+            direction, pivot, low = -1, high, i
+        elif direction <= 0 and i != low and level[i] - level[low] >= rule.swing(low, i):
+            if direction:
+                swings.append((pivot, low, -1))
+            direction, pivot, high = 1, low, i
+    if direction:
+        swings.append((pivot, high if direction > 0 else low, direction))
+    return swings
 
 
 @dataclass(frozen=True)
-class _Blocks:
-    """A block series ready to cut: centres ``x`` (in blocks), means ``y``, weights ``w``, their
-    prefix sums (:func:`_prefix_sums`) and the residual sums of squares of a line over every range
-    (:func:`_rss_table`), computed once for both cuts."""
+class _Trend:
+    """A trimmed swing: it moves over ``[start, end)``; ``pace`` is its mean rate of change (per
+    step or sample) and ``tol_start``, ``tol_end`` the trimming tolerances at its two extremes."""
 
-    x: np.ndarray
-    y: np.ndarray
-    w: np.ndarray
-    prefix: np.ndarray
-    table: np.ndarray
-
-    @classmethod
-    def of(cls, x: np.ndarray, y: np.ndarray, w: np.ndarray) -> _Blocks:
-        """Prepare the block series ``(x, y, w)``."""
-        prefix = _prefix_sums(x, y, w)
-        return cls(x, y, w, prefix, _rss_table(prefix))
+    start: int
+    end: int
+    pace: float
+    tol_start: float
+    tol_end: float
 
 
-def _label_blocks(
-    sums: np.ndarray, counts: np.ndarray, block_starts: np.ndarray, n: int, opts: _PhaseOptions
-) -> list[Phase]:
-    """Segment and label a block series (sums and counts of consecutive blocks starting at the
-    input positions ``block_starts``), into phases of an input of length ``n``."""
-    size = int(counts[0])
-    means = sums / counts
-    weights = counts / size * _noise_weights(means)
-    x = (np.arange(sums.size) * size + (counts - 1) / 2) / size  # block centres, in blocks
-    x -= x.mean()
-    min_len = max(3 if size == 1 else 4, -(-opts.min_length // size))
-    spans, var = _segments(x, means, weights, min_len, size > 1, opts)
-    kinds = [_kind(x[lo:hi], means[lo:hi], weights[lo:hi], var, min_len, opts) for lo, hi in spans]
-    return _phases(x, means, weights, spans, kinds, block_starts, n, size)
+def _trim(level: np.ndarray, time: np.ndarray, swing: tuple[int, int, int], min_change: float) -> _Trend:
+    """The part of a swing ``(a, b, direction)`` where the level moves (see the module).
 
-
-def _segments(
-    x: np.ndarray, y: np.ndarray, w: np.ndarray, min_len: int, short: bool, opts: _PhaseOptions
-) -> tuple[list[tuple[int, int]], float]:
-    """Cut the block series into straight segments; return them and the noise variance.
-
-    A first cut uses the noise of the block means at lags 1 and 2 only (little affected by the
-    trends); the noise is then re-estimated on the residuals of that cut, at all lags, and the
-    series is cut again.
+    An end part is cut off only if it is flat: within ``tol`` of its extreme, slower than
+    ``_FLAT`` of the swing's mean pace (``time`` is the step, or position, of each sample), and
+    longer than the level's window (shorter ones are the smoothing's rounding of a kink).
     """
-    floor = (opts.resolution * max(abs(float(np.median(y))), float(np.ptp(y)))) ** 2
-    var = _noise_variance(y, _LAGS[:2], floor)
-    if y.size < 2 * min_len:
-        return [(0, y.size)], var
-    blocks = _Blocks.of(x, y, w)
-    spans = _cut(blocks, var, min_len, short, opts)
-    var = _noise_variance(_residuals(x, y, w, spans), _LAGS, floor)
-    return _cut(blocks, var, min_len, short, opts), var
+    a, b, direction = swing
+    size = abs(level[b] - level[a])
+    pace = size / max(time[b] - time[a], 1e-300)
+    tol_a = min(_TRIM * size, _TRIM_LEVEL * min_change * abs(level[a]))
+    tol_b = min(_TRIM * size, _TRIM_LEVEL * min_change * abs(level[b]))
+    moved = direction * (level[a : b + 1] - level[a])
+    s = a + int(np.flatnonzero(moved <= tol_a)[-1])
+    s = s if s - a > _ROUNDED and tol_a < _FLAT * pace * (time[s] - time[a]) else a
+    left = direction * (level[b] - level[s : b + 1])
+    e = s + int(np.flatnonzero(left <= tol_b)[0])
+    e = e if b - e > _ROUNDED and tol_b < _FLAT * pace * (time[b] - time[e]) else b
+    return _Trend(s, max(e, s + 1), pace, tol_a, tol_b)
 
 
-def _cut(blocks: _Blocks, var: float, min_len: int, short: bool, opts: _PhaseOptions) -> list[tuple[int, int]]:
-    """Optimal penalised partition of the block series, then kink refinement."""
-    log_m = math.log(blocks.y.size)
-    spans = _partition(blocks.table, opts.penalty * log_m * var, min_len, short)
-    return _refine_kinks(blocks, spans, log_m * var, min_len)
+def _close_gaps(trends: list[_Trend], time: np.ndarray) -> list[_Trend]:
+    """Give the stretch between two trends to the slower one unless it is flat for both.
 
-
-def _refine_kinks(
-    blocks: _Blocks, spans: list[tuple[int, int]], cost: float, min_len: int
-) -> list[tuple[int, int]]:
-    """Move each boundary that is a kink rather than a jump to the best kink of a continuous fit.
-
-    Two lines that need not meet locate a change of slope poorly; where a continuous line with one
-    kink over both segments fits within ``cost`` (one parameter's worth) of the two free lines,
-    the boundary moves to that kink.
+    The stretch moves by at most the two tolerances; it is flat for a trend if that is slower than
+    ``_FLAT`` of the trend's pace. A stretch that is not flat for the slower trend is the slow
+    start (or end) of that trend, displaced by noise around the turning point.
     """
-    x, y, w, spans = blocks.x, blocks.y, blocks.w, list(spans)
-    for i in range(len(spans) - 1):
-        lo, mid, hi = spans[i][0], spans[i][1], spans[i + 1][1]
-        if min(mid - lo, hi - mid) < min_len:
+    out = list(trends)
+    for k in range(len(out) - 1):
+        before, after = out[k], out[k + 1]
+        if after.start <= before.end:
             continue
-        cuts = np.arange(lo + min_len, hi - min_len + 1)
-        fits = _bend_fits(x[lo:hi], y[lo:hi], (x[cuts - 1] + x[cuts]) / 2, w[lo:hi])
-        if fits.min() <= blocks.table[mid, lo] + blocks.table[hi, mid] + cost:
-            spans[i], spans[i + 1] = (lo, int(cuts[np.argmin(fits)])), (int(cuts[np.argmin(fits)]), hi)
-    return spans
+        moved = before.tol_end + after.tol_start
+        duration = time[after.start] - time[before.end]
+        if moved >= _FLAT * min(before.pace, after.pace) * duration:
+            if after.pace <= before.pace:
+                out[k + 1] = _Trend(before.end, after.end, after.pace, after.tol_start, after.tol_end)
+            else:
+                out[k] = _Trend(before.start, after.start, before.pace, before.tol_start, before.tol_end)
+    return out
 
 
-def _phases(
-    x: np.ndarray,
-    y: np.ndarray,
-    w: np.ndarray,
-    spans: list[tuple[int, int]],
-    kinds: list[PhaseKind],
-    block_starts: np.ndarray,
-    n: int,
-    size: int,
-) -> list[Phase]:
-    """Merge adjacent segments of one kind into phases, at positions of an input of length ``n``."""
-    runs: list[list] = []
-    for (lo, hi), kind in zip(spans, kinds):
-        if runs and runs[-1][2] == kind:
-            runs[-1][1] = hi
+def _segments(rule: _Rule, min_change: float) -> list[tuple[int, int]]:
+    """Cut ``[0, m)`` at the trimmed ends of each swing."""
+    level = rule.level.level
+    cuts = {0, level.size}
+    for trend in _close_gaps([_trim(level, rule.time, swing, min_change) for swing in _swings(rule)], rule.time):
+        start = 0 if trend.start <= _ROUNDED else trend.start  # the level's rounding at the ends
+        end = level.size if level.size - trend.end <= _ROUNDED else trend.end
+        cuts.update((start, end))
+    edges = sorted(cuts)
+    return list(zip(edges, edges[1:]))
+
+
+def _opposite(jumps: list[_Candidate], lo: int, hi: int, kind: PhaseKind) -> list[int]:
+    """Indices strictly inside ``(lo, hi)`` of the jumps against the direction of ``kind``."""
+    sign = {"collapse": 1, "expansion": -1}.get(kind, 0)
+    return [c.t for c in jumps if lo < c.t < hi and sign and np.sign(c.gap) == sign]
+
+
+def _split(rule: _Rule, spans: list[tuple[int, int]], jumps: list[_Candidate]) -> list[tuple[int, int, PhaseKind]]:
+    """Label each span by the rule, splitting trends at jumps of the opposite sign, until none is left."""
+    out: list[tuple[int, int, PhaseKind]] = []
+    pending = list(spans)[::-1]
+    while pending:
+        lo, hi = pending.pop()
+        kind = rule.kind(lo, hi)
+        inside = _opposite(jumps, lo, hi, kind)
+        if inside:
+            pending += [(inside[0], hi), (lo, inside[0])]
         else:
-            runs.append([lo, hi, kind])
-    starts = [0] + [int(block_starts[lo]) for lo, _, _ in runs[1:]] + [n]
-    return [
-        _phase(x[lo:hi], y[lo:hi], w[lo:hi], kind, start, stop, size)
-        for (lo, hi, kind), start, stop in zip(runs, starts[:-1], starts[1:])
-    ]
+            out.append((lo, hi, kind))
+    return out
 
 
-def _phase(
-    x: np.ndarray, y: np.ndarray, w: np.ndarray, kind: PhaseKind, start: int, stop: int, size: int
-) -> Phase:
-    """One phase from the block means it covers."""
-    change = _end_change(y, w)
-    level = abs(float(np.average(y, weights=w)))
-    relative = change / level if level > 0 else (math.copysign(math.inf, change) if change else 0.0)
-    slope = _slope(x, y, w)[0] / size if y.size > 1 else 0.0
-    return Phase(start, stop, kind, change, relative, slope)
+def _merge(rule: _Rule, labelled: list[tuple[int, int, PhaseKind]], jumps: list[_Candidate]) -> list[tuple[int, int, PhaseKind]]:
+    """Merge neighbours of one kind (unless a jump against that kind separates them); relabel the
+    merged stretch by the rule, and split it again where it needs."""
+    for _ in range(len(labelled)):
+        merged: list[tuple[int, int, PhaseKind]] = []
+        for lo, hi, kind in labelled:
+            if merged and merged[-1][2] == kind and not _opposite(jumps, merged[-1][0] - 1, hi, kind):
+                merged[-1] = (merged[-1][0], hi, kind)
+            else:
+                merged.append((lo, hi, kind))
+        relabelled = _split(rule, [(lo, hi) for lo, hi, _ in merged], jumps)
+        if relabelled == labelled:
+            break
+        labelled = relabelled
+    return labelled
+
+
+def _to_phase(rule: _Rule, lo: int, hi: int, kind: PhaseKind, where: _Where) -> Phase:
+    """The public record of the finite samples ``[lo, hi)``."""
+    level = rule.level.level
+    a, b = float(level[lo]), float(level[min(hi, level.size - 1)])
+    change = b - a
+    relative = change / abs(a) if a else (math.copysign(math.inf, change) if change else 0.0)
+    start, stop = where.start(lo), where.stop(hi)
+    return Phase(start, stop, kind, change, relative, change / max(1, hi - lo), a, b, *where.steps_of(start, stop))
+
+
+@dataclass(frozen=True)
+class _Where:
+    """Positions of the finite samples in an input of length ``n``, and optional steps."""
+
+    positions: np.ndarray
+    n: int
+    steps: np.ndarray | None = None
+
+    def start(self, lo: int) -> int:
+        return 0 if lo == 0 else int(self.positions[lo])
+
+    def stop(self, hi: int) -> int:
+        return self.n if hi >= self.positions.size else int(self.positions[hi])
+
+    def steps_of(self, start: int, stop: int) -> tuple[float | None, float | None]:
+        if self.steps is None:
+            return None, None
+        first, last = self.steps[start], self.steps[stop - 1]
+        return (int(first) if first.is_integer() else float(first)), (int(last) if last.is_integer() else float(last))
+
+
+def _phases_of_finite(
+    y: np.ndarray, jumps: list[_Candidate], where: _Where, opts: _PhaseOptions
+) -> list[Phase]:
+    """The phases of the finite values ``y``, given their jumps."""
+    level = _level_of_finite(y, [c.t for c in jumps], HALF_WIDTH)
+    time = where.positions.astype(float) if where.steps is None else where.steps[where.positions]
+    rule = _Rule(level, time, opts.min_change, opts.trend_threshold)
+    labelled = _merge(rule, _split(rule, _segments(rule, opts.min_change), jumps), jumps)
+    return [_to_phase(rule, lo, hi, kind, where) for lo, hi, kind in labelled]
 
 
 def label_phases(
     values: ArrayLike,
+    steps: ArrayLike | None = None,
     *,
     min_change: float = _PhaseOptions.min_change,
     trend_threshold: float = _PhaseOptions.trend_threshold,
@@ -281,61 +316,62 @@ def label_phases(
 ) -> list[Phase]:
     """Cut a 1-D series into contiguous phases of collapse, expansion and stabilization.
 
-    The series (outliers clipped as in :func:`find_jumps`) is reduced to at most ``max_points``
-    block means (blocks of a power of two samples), cut into straight segments by an optimal
-    penalised partition, and each segment is labelled ``collapse`` or ``expansion`` if its slope is
-    significant (``trend_threshold``) and its relative change at least ``min_change``, else
-    ``stabilization``. Adjacent segments with the same label are merged. A jump inside a phase
-    does not start a phase of its own (see :func:`find_jumps` for jumps).
+    Phases are stretches of the smoothed level (:func:`~ndtracker.detect.smooth_level`) labelled
+    by their net change (the rule and the method are in :mod:`ndtracker.detect.phases`): a
+    ``collapse`` (``expansion``) falls (rises) by at least ``min_change`` of its start level and
+    ``trend_threshold`` noise sd, from its start level to its end level, and holds no jump of
+    the opposite sign; a ``stabilization`` does not. A trend can be as short as one sample (a
+    collapse in the first samples is a phase); a jump is part of the phase it falls in, or a
+    boundary. Labels are local: extending the series does not move earlier boundaries (away
+    from its end), and sampling every 5 or every 10 steps gives the same phases in steps, to
+    within the smoothing window.
 
     Args:
         values: The series, shape ``(n,)``, any units. Non-finite values are skipped (with a
             ``RuntimeWarning``); positions still refer to ``values``.
-        min_change: Minimum relative change of a trend segment: ``|change| / |mean level|``, with
-            ``change`` the mean of its last quarter minus the mean of its first quarter (default
-            0.05, that is 5 %; relative to the level, so not invariant to adding a constant).
-        trend_threshold: Minimum significance of a segment's slope, in sd of the slope under the
-            estimated AR(1)-inflated noise (default 4.0).
-        penalty: Cost of one more segment, in units of ``log(points) * noise variance`` (default
-            3.0, BIC-like: three parameters per segment).
-        resolution: Deviations smaller than this fraction of the series' magnitude
-            (``max(|median|, range)``) count as noise, so smooth low-noise curves are not cut into
-            many pieces (default 0.01).
-        min_length: Minimum length of a trend segment in samples (default 8; at least three
-            samples or four blocks).
-        max_points: Maximum number of block means segmented (default 512; in [16, 65536]).
-        min_window: Outlier clipping half-width, as in :func:`find_jumps` (default 8).
-        noise_window: Outlier clipping context, as in :func:`find_jumps` (default 1024).
+        steps: Optional training step of each value, shape ``(n,)``, strictly increasing (uneven
+            sampling allowed); each phase then carries ``start_step`` and ``end_step``.
+        min_change: Minimum net relative change of a collapse or expansion,
+            ``|end_level - start_level| / |start_level|`` (default 0.05, that is 5 %).
+        trend_threshold: Minimum net change of a collapse or expansion, in noise sd of the
+            difference of the two levels (default 4.0).
+        penalty: Kept for compatibility; no longer used (there is no penalised partition).
+        resolution: Kept for compatibility; no longer used.
+        min_length: Fewer finite values than this give one ``stabilization`` phase (default 8).
+        max_points: Kept for compatibility; no longer used (no block averaging: every sample
+            counts, whatever the series' length).
+        min_window: Outlier clipping half-width and smallest jump window, as in
+            :func:`find_jumps` (default 8).
+        noise_window: Outlier clipping and jump noise context, as in :func:`find_jumps`
+            (default 1024).
 
     Returns:
         Phases sorted by ``start``, covering ``[0, len(values))`` without gaps; ``[]`` for an
         empty input; a single ``stabilization`` phase when fewer than ``min_length`` values are
-        finite.
+        finite. Neighbours have different kinds, except two trends of one kind separated by a
+        jump of the opposite sign.
 
     Raises:
-        ValueError: ``values`` is not 1-D or not numeric, or an option is out of range.
+        ValueError: ``values`` is not 1-D or not numeric, ``steps`` does not match it, or an
+            option is out of range.
 
     Example:
         >>> import numpy as np
         >>> series = np.r_[np.linspace(100, 30, 100), np.linspace(30, 45, 400), np.full(500, 45.0)]
         >>> series = series + np.random.default_rng(0).normal(0, 1, 1000)
-        >>> [(p.start, p.stop, p.kind) for p in label_phases(series)]
-        [(0, 100, 'collapse'), (100, 500, 'expansion'), (500, 1000, 'stabilization')]
+        >>> [(p.kind, p.start, p.stop) for p in label_phases(series)]
+        [('collapse', 0, 105), ('expansion', 105, 494), ('stabilization', 494, 1000)]
     """
     opts = _PhaseOptions(min_change, trend_threshold, penalty, resolution, min_length, max_points)
-    clip = _JumpOptions(min_window=min_window, max_window=max(min_window, 64), noise_window=noise_window)
+    jump_options = _JumpOptions(min_window=min_window, max_window=max(min_window, 64), noise_window=noise_window)
     y, positions, n = _prepare(values, "label_phases")
+    where = _Where(positions, n, _check_steps(steps, n, "label_phases"))
     if y.size < opts.min_length:
         return _too_short(n)
-    return _phases_of_clipped(_clipped(y, clip.half_blocks, clip.min_window), positions, n, opts)
+    clipped = _clipped(y, jump_options.half_blocks, jump_options.min_window)
+    return _phases_of_finite(y, _jump_candidates(clipped, jump_options), where, opts)
 
 
 def _too_short(n: int) -> list[Phase]:
     """The phases of a series with fewer than ``min_length`` finite values: one, or none if empty."""
     return [Phase(0, n, "stabilization")] if n else []
-
-
-def _phases_of_clipped(clipped: np.ndarray, positions: np.ndarray, n: int, opts: _PhaseOptions) -> list[Phase]:
-    """The phases of the finite values ``clipped`` (outliers clipped) at ``positions`` of ``n``."""
-    sums, counts = _block_sums(clipped, opts.max_points)
-    return _label_blocks(sums, counts, positions[:: int(counts[0])], n, opts)

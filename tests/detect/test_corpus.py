@@ -1,0 +1,139 @@
+"""Regression tests of ndtracker.detect on real runs (``tests/detect/corpus``, built offline by
+``benchmarks/real_runs.py``): the labelling rule, relevance, invariance to length and resolution,
+and that every large visible change lies in a phase of the right kind."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ndtracker.detect import Phase, find_jumps, label_phases, phases_and_jumps, smooth_level
+
+CORPUS = Path(__file__).parent / "corpus"
+RUNS = sorted(path.stem for path in CORPUS.glob("*.npz"))
+MIN_CHANGE = 0.05  # label_phases' default
+
+
+def corpus(run: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The steps and the series (``layer|space|metric`` -> values) of one stored run."""
+    with np.load(CORPUS / f"{run}.npz") as data:
+        return data["steps"], {key: data[key].astype(float) for key in data.files if key != "steps"}
+
+
+SERIES = [(run, key) for run in RUNS for key in corpus(run)[1]]
+
+
+def check_rule(phases: list[Phase], jumps: list, level: np.ndarray) -> None:
+    """The documented rule: levels, net change per kind, no jump against a trend inside it."""
+    n = level.size
+    assert phases[0].start == 0 and phases[-1].stop == n
+    for phase in phases:
+        assert phase.start_level == pytest.approx(level[phase.start])
+        assert phase.end_level == pytest.approx(level[min(phase.stop, n - 1)])
+        relative = phase.relative_change
+        if phase.kind == "collapse":
+            assert relative <= -MIN_CHANGE
+        elif phase.kind == "expansion":
+            assert relative >= MIN_CHANGE
+        against = {"collapse": 1, "expansion": -1}.get(phase.kind)
+        assert not [j for j in jumps if phase.start < j.index < phase.stop and j.direction == against]
+    for a, b in zip(phases, phases[1:]):
+        assert a.stop == b.start
+        assert a.kind != b.kind or any(j.index == b.start for j in jumps)
+
+
+@pytest.mark.parametrize("run, key", SERIES)
+def test_real_series_obey_the_rule(run: str, key: str) -> None:
+    steps, series = corpus(run)
+    values = series[key]
+    phases, jumps = phases_and_jumps(values, steps)
+    check_rule(phases, jumps, smooth_level(values))
+    assert all(abs(j.relative_size) >= 0.01 for j in jumps)
+    assert all(p.start_step == steps[p.start] and p.end_step == steps[p.stop - 1] for p in phases)
+
+
+@pytest.mark.parametrize("run, key", SERIES)
+def test_large_visible_changes_lie_in_a_phase_of_their_kind(run: str, key: str) -> None:
+    """A 40 % move of the smoothed level within a tenth of the run overlaps a phase of its kind
+    (noisy activation levels move by up to about 30 % by chance: 4 noise sd of a difference)."""
+    values = corpus(run)[1][key]
+    level, phases = smooth_level(values), label_phases(values)
+    n, span = values.size, values.size // 10
+    kinds = np.array([p.kind for p in phases for _ in range(p.stop - p.start)])
+    for i in range(0, n - 1):
+        j = min(n - 1, i + span)
+        window = level[i : j + 1]
+        low, high = i + int(np.argmin(window)), i + int(np.argmax(window))
+        for first, last in ((min(low, high), max(low, high)),):
+            change = (level[last] - level[first]) / abs(level[first])
+            if abs(change) >= 0.4:
+                want = "collapse" if change < 0 else "expansion"
+                assert want in kinds[first:last + 1], (i, first, last, change)
+
+
+def first_collapse(phases: list[Phase]) -> Phase | None:
+    return next((p for p in phases if p.kind == "collapse"), None)
+
+
+@pytest.mark.parametrize("run", ["mlp_sgd", "mlp_adam"])
+def test_early_activation_collapse_of_the_digits_mlp_is_a_collapse_phase(run: str) -> None:
+    """The issue's finding: the activations' stable rank halves in the first ~40 steps."""
+    steps, series = corpus(run)
+    for key, values in series.items():
+        if not key.endswith("activation|stable_rank"):
+            continue
+        level = smooth_level(values)
+        early = level[:20]
+        if (early.min() - early[0]) / early[0] > -0.3:
+            continue  # this layer shows no early collapse
+        for n in (values.size, 600, 200, 60):  # the run and shorter cuts of it
+            collapse = first_collapse(label_phases(values[:n], steps[:n]))
+            assert collapse is not None and collapse.start_step <= 40, (key, n)
+            assert collapse.relative_change <= -0.3
+
+
+@pytest.mark.parametrize("run, key", SERIES)
+def test_earlier_boundaries_do_not_move_when_the_run_goes_on(run: str, key: str) -> None:
+    values = corpus(run)[1][key]
+    half = values.size // 2
+    short, full = label_phases(values[:half]), label_phases(values)
+    # Where a trend starts; the end of a trend that keeps moving slowly may still move (see
+    # label_phases' notes), so stabilization starts are not compared.
+    settled = [p.start for p in short[1:] if p.start < half - 100 and p.kind != "stabilization"]
+    starts = np.array([p.start for p in full])
+    for start in settled:
+        assert np.min(np.abs(starts - start)) <= 2, (start, [p.start for p in full[:10]])
+
+
+KNOWN_RESOLUTION = {  # at every=10 a jump cut right after the collapse inflates the end level's noise
+    ("transformer", "head|activation|stable_rank"), ("transformer", "head|activation|participation_ratio"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "run, key",
+    [pytest.param(*s, marks=pytest.mark.xfail(reason="known: see KNOWN_RESOLUTION")) if s in KNOWN_RESOLUTION else s
+     for s in SERIES],
+)  # fmt: skip
+def test_every_5_and_every_10_give_the_same_phases_in_steps(run: str, key: str) -> None:
+    steps, series = corpus(run)
+    values = series[key]
+    fine = [p for p in label_phases(values, steps) if p.kind != "stabilization"]
+    coarse = [p for p in label_phases(values[::2], steps[::2]) if p.kind != "stabilization"]
+    big = lambda phases: [p for p in phases if abs(p.relative_change) >= 0.4]  # noqa: E731
+    for phase in big(fine):
+        assert any(q.kind == phase.kind and q.start_step <= phase.end_step + 50 and q.end_step >= phase.start_step - 50
+                   for q in coarse), phase  # fmt: skip
+    for phase in big(coarse):
+        assert any(q.kind == phase.kind and q.start_step <= phase.end_step + 50 and q.end_step >= phase.start_step - 50
+                   for q in fine), phase  # fmt: skip
+
+
+@pytest.mark.parametrize("run", RUNS)
+def test_smooth_weight_curves_have_no_hairline_jumps(run: str) -> None:
+    _, series = corpus(run)
+    for key, values in series.items():
+        if "|weight|" in key:
+            assert all(abs(j.relative_size) >= 0.01 for j in find_jumps(values)), key
