@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 import ndtracker
-from ndtracker.tracker import Tracker
+from ndtracker import Tracker
 
 METRICS = ("stable_rank", "participation_ratio")
 OUT = Path(__file__).resolve().parents[1] / "tests" / "detect" / "corpus"

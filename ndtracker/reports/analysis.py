@@ -26,8 +26,11 @@ if TYPE_CHECKING:  # pragma: no cover
     from ndtracker.reports.model import Series
 
 PARALLEL_MIN_SAMPLES = 2_000_000  # below this, spawning worker processes costs more than it saves
-PHASE_COLUMNS = ["layer", "space", "start_step", "end_step", "kind", "samples", "change", "relative_change"]
-JUMP_COLUMNS = ["layer", "space", "step", "direction", "size", "z", "before", "after"]
+PHASE_COLUMNS = [
+    "layer", "space", "start_step", "end_step", "kind", "samples", "start_level", "end_level", "change",
+    "relative_change",
+]  # fmt: skip
+JUMP_COLUMNS = ["layer", "space", "step", "direction", "size", "relative_size", "z", "before", "after"]
 
 
 def analyse(series: list[Series], bar: Progress, workers: int) -> dict[str, list[dict]]:
@@ -59,21 +62,22 @@ def frames(tables: dict[str, list[dict]], run_id: str, metric: str) -> dict[str,
 def _detect_all(series: list[Series], workers: int) -> Iterator[tuple[list, list]]:
     """Run detection in this process, or in ``workers`` spawned processes for large runs."""
     values = [item.values for item in series]
+    steps = [item.steps for item in series]
     workers = min(workers, len(values))
     if workers <= 1 or sum(v.size for v in values) < PARALLEL_MIN_SAMPLES:
-        yield from map(_detect, values)
+        yield from map(_detect, values, steps)
         return
     context = multiprocessing.get_context("spawn")  # no fork: the caller may run threads
     with ProcessPoolExecutor(workers, mp_context=context) as pool:
-        yield from pool.map(_detect, values)
+        yield from pool.map(_detect, values, steps)
 
 
-def _detect(values: np.ndarray) -> tuple[list, list]:
+def _detect(values: np.ndarray, steps: np.ndarray) -> tuple[list, list]:
     if not np.isfinite(values).any():
         return [], []
     with warnings.catch_warnings():  # the report notes non-finite samples itself, once per series
         warnings.filterwarnings("ignore", message=".*non-finite", category=RuntimeWarning)
-        return detect.phases_and_jumps(values)
+        return detect.phases_and_jumps(values, steps)
 
 
 def _phase_row(series: Series, phase: detect.Phase) -> dict[str, Any]:
@@ -81,6 +85,7 @@ def _phase_row(series: Series, phase: detect.Phase) -> dict[str, Any]:
         "layer": series.layer, "space": series.space,
         "start_step": int(series.steps[phase.start]), "end_step": int(series.steps[phase.stop - 1]),
         "kind": str(phase.kind), "samples": int(phase.stop - phase.start),
+        "start_level": float(phase.start_level), "end_level": float(phase.end_level),
         "change": float(phase.change), "relative_change": float(phase.relative_change),
     }  # fmt: skip
 
@@ -89,7 +94,7 @@ def _jump_row(series: Series, jump: detect.Jump) -> dict[str, Any]:
     return {
         "layer": series.layer, "space": series.space, "step": int(series.steps[jump.index]),
         "direction": "up" if jump.direction > 0 else "down", "size": float(jump.size),
-        "z": float(jump.z), "before": float(jump.before), "after": float(jump.after),
+        "relative_size": float(jump.relative_size), "z": float(jump.z), "before": float(jump.before), "after": float(jump.after),
     }  # fmt: skip
 
 

@@ -108,10 +108,12 @@ class Report(_Rendered):
             ``phases`` and ``jumps``.
         phases: One row per phase: ``layer``, ``space``, ``metric``, ``start_step``, ``end_step``
             (inclusive: the phase's last sampled step), ``kind`` (``collapse``, ``expansion`` or
-            ``stabilization``), ``samples``, ``change`` (fitted end minus start value),
-            ``relative_change`` (over the phase's mean level).
+            ``stabilization``), ``samples``, ``start_level`` and ``end_level`` (the smoothed level,
+            :func:`ndtracker.detect.smooth_level`, where the phase starts and ends), ``change``
+            (end minus start level) and ``relative_change`` (over the start level): what the label
+            is about.
         jumps: One row per jump: ``layer``, ``space``, ``metric``, ``step`` (first step at the new
-            level), ``direction`` (``up`` or ``down``), ``size`` (signed shift), ``z`` (its
+            level), ``direction`` (``up`` or ``down``), ``size`` (signed shift), ``relative_size`` (over the level before), ``z`` (its
             significance), ``before`` and ``after`` (levels either side).
         series: The series the tables were computed from, for plotting.
         notes: Warnings worth showing with the report (non-finite samples, other runs).

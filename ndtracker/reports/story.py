@@ -43,7 +43,8 @@ class Finding:
     Attributes:
         layer, space, kind: Which series, and ``"collapse"`` or ``"expansion"``.
         start_step, end_step: The phase's first and last sampled steps.
-        first, last: The metric's level at the phase's start and end (medians of its edge samples).
+        first, last: The metric's smoothed level at the phase's start and end (as labelled; the
+            medians of its edge samples where the phase has no level).
         relative_change: ``last / first - 1``.
         loss_first, loss_last: The loss at the sampled steps nearest the phase's ends (NaN if none).
     """
@@ -123,14 +124,22 @@ def _measure(series: Series, row, loss_steps: np.ndarray, loss: np.ndarray) -> F
     values = series.values[inside]
     values = values[np.isfinite(values)]
     edge = max(1, int(round(values.size * EDGE_FRACTION)))
-    first = float(np.median(values[:edge])) if values.size else float("nan")
-    last = float(np.median(values[-edge:])) if values.size else float("nan")
+    first = _level(row, "start_level", values[:edge])
+    last = _level(row, "end_level", values[-edge:])
     relative = last / first - 1 if first else float("nan")
     return Finding(
         layer=row.layer, space=row.space, kind=str(row.kind), start_step=int(row.start_step),
         end_step=int(row.end_step), first=first, last=last, relative_change=relative,
         loss_first=_loss_at(loss_steps, loss, row.start_step), loss_last=_loss_at(loss_steps, loss, row.end_step),
     )  # fmt: skip
+
+
+def _level(row, name: str, edge: np.ndarray) -> float:
+    """The phase's smoothed level as the labeller saw it, else the median of its edge samples."""
+    level = float(getattr(row, name, float("nan")))
+    if np.isfinite(level):
+        return level
+    return float(np.median(edge)) if edge.size else float("nan")
 
 
 def _loss_at(steps: np.ndarray, loss: np.ndarray, step: int) -> float:

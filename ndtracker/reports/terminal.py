@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
 from rich.console import Console, Group, RenderableType
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn
@@ -102,7 +103,7 @@ def _by_layer(frame: pd.DataFrame, space: str) -> dict[str, pd.DataFrame]:
 def _phase_text(phases: pd.DataFrame | None) -> str:
     if phases is None or not len(phases):
         return "-"
-    parts = [f"{p.kind} {p.start_step}-{p.end_step}" for p in phases.itertuples(index=False)]
+    parts = [f"{p.kind} {p.start_step}-{p.end_step}{_change(p)}" for p in phases.itertuples(index=False)]
     if len(parts) > SHOWN_PHASES:
         hidden = len(parts) - SHOWN_PHASES + 1
         half = SHOWN_PHASES // 2
@@ -110,14 +111,27 @@ def _phase_text(phases: pd.DataFrame | None) -> str:
     return ", ".join(parts)
 
 
+def _change(phase: Any) -> str:
+    """`` (-70%)``: a trend's net relative change; nothing for a stabilization."""
+    change = getattr(phase, "relative_change", float("nan"))
+    if phase.kind == "stabilization" or not np.isfinite(change):
+        return ""
+    return f" ({change:+.0%})"
+
+
 def _jump_text(jumps: pd.DataFrame | None) -> str:
     if jumps is None or not len(jumps):
         return "-"
     largest = jumps.loc[jumps["z"].abs().sort_values(ascending=False).index[:SHOWN_JUMPS]]
     largest = largest.sort_values("step")
-    shown = [f"{_arrow(j.direction)}{abs(j.size):.3g} @{j.step}" for j in largest.itertuples()]
+    shown = [f"{_arrow(j.direction)}{abs(j.size):.3g}{_relative(j)} @{j.step}" for j in largest.itertuples()]
     more = len(jumps) - len(shown)
     return "\n".join(shown + ([f"+{more} more"] if more else []))
+
+
+def _relative(jump: Any) -> str:
+    size = getattr(jump, "relative_size", float("nan"))
+    return f" ({abs(size):.0%})" if np.isfinite(size) else ""
 
 
 def _arrow(direction: str) -> str:
