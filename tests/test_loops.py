@@ -281,6 +281,21 @@ def test_model_compiled_in_place_after_the_tracker_needs_permanent_hooks(tmp_pat
         assert tracker._hook_mode == "permanent"  # hooks="auto" sees Module.compile() too
 
 
+def test_a_model_compiled_and_run_before_the_tracker_still_gets_its_activations(tmp_path):
+    model = mlp()
+    compiled = torch.compile(model, backend="eager")
+    compiled(torch.randn(10, 12)).sum().backward()  # a graph without hooks exists now
+    with pytest.warns(UserWarning, match=r"compiled and run before the Tracker was built: ndtracker reset"):
+        tracker = Tracker(compiled, every=1, log_dir=str(tmp_path), detect=False)
+    with tracker:
+        for _ in range(3):
+            compiled(torch.randn(10, 12)).sum().backward()
+            tracker.step()
+    frame = ndtracker.load(tmp_path)
+    assert sorted(frame.query("space == 'activation'").step.unique()) == [0, 1, 2]
+    assert (frame.status == "ok").all()
+
+
 # ------------------------------------------------------------------------------ checkpointing
 
 

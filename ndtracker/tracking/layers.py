@@ -310,6 +310,33 @@ def unwrapped(model: nn.Module) -> nn.Module:
         model = inner
 
 
+def recompile_with_hooks(model: nn.Module, warn: Callable[[str], None]) -> None:
+    """Make a compiled model that already ran see the hooks just installed on it.
+
+    ``torch.compile`` does not guard its graphs on module hooks, so a graph compiled before the
+    Tracker existed keeps running without them (and no activation is captured). When the model is
+    compiled and something was compiled already, the compiler's in-process caches are reset
+    (``torch.compiler.reset()``: the model, and any other compiled code, compiles once more on its
+    next call), and ``warn`` says so.
+    """
+    if not is_compiled(model) or not _anything_compiled():
+        return
+    torch.compiler.reset()
+    warn(
+        "the model was compiled and run before the Tracker was built: ndtracker reset "
+        "torch.compile's caches (torch.compiler.reset()) so that it recompiles with the tracker's "
+        "hooks on its next call; build the Tracker before the first forward to avoid this"
+    )
+
+
+def _anything_compiled() -> bool:
+    try:
+        from torch._dynamo.utils import counters
+    except ImportError:  # pragma: no cover - a torch without dynamo
+        return False
+    return counters["stats"]["unique_graphs"] > 0
+
+
 def is_compiled(model: nn.Module) -> bool:
     """Whether ``model`` or one of its submodules went through ``torch.compile`` / ``Module.compile``."""
     return any(

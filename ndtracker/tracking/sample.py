@@ -25,8 +25,9 @@ Key = tuple[str, str, int]  # (layer, space, index of its job)
 NO_FORWARD = (
     "no training forward pass in a sampled step (forwards in eval mode or under torch.no_grad() "
     "are not captured: pass track_eval=True to measure them, or layers=[...] to leave this layer "
-    "out; with torch.compile applied after the Tracker was built, pass hooks='permanent')"
+    "out{compile})"
 )
+COMPILED_LATER = "; if you apply torch.compile after building the Tracker, pass hooks='permanent'"
 
 
 def sample_jobs(
@@ -46,7 +47,8 @@ def sample_jobs(
             keys.append((layer.name, "activation", len(jobs)))
             jobs.append(_job(layer, "activation", layer.capture, options))
         elif "activation" in options.spaces:
-            warn(layer.name, "activation", NO_FORWARD)
+            advice = COMPILED_LATER if options.hooks != "permanent" else ""
+            warn(layer.name, "activation", NO_FORWARD.format(compile=advice))
         weight = layer.weight if with_weights else None
         if weight is None:
             continue

@@ -24,7 +24,7 @@ from torch import nn
 from ndtracker import store
 from ndtracker.checks import boolean, non_negative_int, optional_positive_int, positive_int, positive_seconds
 from ndtracker.tracking.capture import Capturer
-from ndtracker.tracking.layers import DEFAULT_MAX_LAYERS, LayerSpec, select_layers, unwrapped
+from ndtracker.tracking.layers import DEFAULT_MAX_LAYERS, LayerSpec, recompile_with_hooks, select_layers, unwrapped
 from ndtracker.tracking.sample import log_row, loss_value, measure_jobs, sample_jobs
 from ndtracker.tracking.options import DEFAULT_MAX_BUFFER_ROWS, check_options
 from ndtracker.tracking.events import SeriesDetectors, describe_event, detector_factory
@@ -207,6 +207,7 @@ class Tracker:
         self._detectors = SeriesDetectors(detector_factory(boolean("detect", detect)), self._warn_once)
         self._writer = _open_writer(log_dir, self._run_info(writing), writing)
         self._capturer = Capturer(self._model, self._layers, self._options, self._warn_once)
+        recompile_with_hooks(model, _warn_at_user)
         if self._is_sampled(self._step):
             self._capturer.arm()
 
