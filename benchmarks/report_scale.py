@@ -39,6 +39,7 @@ from ndtracker import reports as reporting, store
 from ndtracker.reports import build
 from ndtracker.reports import analysis
 from ndtracker.reports.terminal import progress_bar
+from ndtracker.store.runs import select_runs
 
 ROW_GROUP = 262_144
 REPORT_COLUMNS = ["step", "layer", "space", "stable_rank", "loss", "status"]
@@ -130,14 +131,14 @@ def stages(folder: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         clock("store.load (6 columns, sorted)", lambda: store.load(folder, columns=REPORT_COLUMNS))
-        table = clock("read (store.read_table)", build._load, folder, runs[-1]["run_id"], "stable_rank")
+        table = clock("read (store.read_table)", build._load, folder, [runs[-1]["run_id"]], "stable_rank")
         series = clock("split into series", build._split, table, "stable_rank", None)
         series = build._select(series, runs[-1], None, "stable_rank", None)
         with progress_bar(False) as bar:
             for workers in (2, 1):  # 2: spawned processes (their CPU time is not counted here)
                 label = f"detect ({len(series)} series, {workers} process(es))"
                 tables = clock(label, analysis.analyse, series, bar, workers)
-    rep = build._assemble(str(folder), runs[-1], runs, "stable_rank", series, tables)
+    rep = build._assemble(str(folder), select_runs(runs, None, folder), runs, "stable_rank", series, tables)
     from rich.console import Console
 
     console = Console(file=open(os.devnull, "w"), width=120)

@@ -27,9 +27,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ndtracker import store
-from ndtracker.store.layout import find_run
+from ndtracker.store.runs import ALL, Selection, select_runs
 from ndtracker.checks import choice, optional_positive_int
-from ndtracker.errors import NdtrackerError, RunNotFoundError
+from ndtracker.errors import NdtrackerError
 from ndtracker.reports import analysis
 from ndtracker.reports.model import Report, Series
 from ndtracker.reports.terminal import progress_bar
@@ -44,7 +44,7 @@ __all__ = ["report"]
 def report(
     run_dir: str | Path,
     *,
-    run_id: str | None = None,
+    run_id: str | Sequence[str] | None = None,
     metric: Metric = "stable_rank",
     layers: str | Sequence[str] | None = None,
     space: Space | None = None,
@@ -55,7 +55,9 @@ def report(
 
     Args:
         run_dir: The run directory (holds ``run.json`` and ``metrics/``).
-        run_id: Which run of the directory (default: the latest one).
+        run_id: Which run of the directory: default the latest one, stitched to the runs it
+            resumes (a Tracker built with ``start_step=`` in the same directory); a list of ids
+            (or ``"A,B"``) to report runs that continue each other as one run.
         metric: The metric column to analyse (default ``"stable_rank"``).
         layers: A glob pattern (``"blocks.*.mlp"``) or a list of names or patterns (default: all).
         space: ``"activation"`` or ``"weight"`` only (default: both).
@@ -81,13 +83,21 @@ def report(
     workers = _check_workers(workers)
     with progress_bar(progress) as bar:
         runs = store.read_run_info(run_dir)
-        info = find_run(runs, run_id, run_dir)
+        selection = _selection(runs, run_id, run_dir)
+        info = selection.runs[-1]
         task = bar.add_task("loading logs", total=None)
-        table = _load(run_dir, info["run_id"], metric)
+        table = _load(run_dir, selection.run_ids, metric)
         bar.update(task, total=1, completed=1)
         series = _select(_split(table, metric, space), info, layers, metric, space)
         tables = analysis.analyse(series, bar, workers)
-    return _assemble(str(run_dir), info, runs, metric, series, tables)
+    return _assemble(str(run_dir), selection, runs, metric, series, tables)
+
+
+def _selection(runs: list[dict], run_id: str | Sequence[str] | None, run_dir: str | Path) -> Selection:
+    if run_id == ALL:
+        raise ValueError("run_id='all' mixes runs; a report covers one run, or runs that resume each "
+                         "other: pass one run id or a list of them")  # fmt: skip
+    return select_runs(runs, run_id, run_dir)
 
 
 # ------------------------------------------------------------------------------ loading
@@ -98,14 +108,15 @@ def _check_workers(workers: int | None) -> int:
     return max(1, min(os.cpu_count() or 1, 8)) if workers is None else workers
 
 
-def _load(run_dir: str | Path, run_id: str, metric: str) -> pa.Table:
+def _load(run_dir: str | Path, run_ids: list[str], metric: str) -> pa.Table:
     """Read the columns the report needs, in the order written: `_split` groups them itself."""
     columns = ["step", "layer", "space", metric, "loss", "status"]
-    table = store.read_table(run_dir, run_id=run_id, columns=columns, sort=False)
+    table = store.read_table(run_dir, run_id=run_ids, columns=columns, sort=False)
     if table.num_rows == 0:
         raise NdtrackerError(
-            f"run {run_id} in {str(run_dir)!r} has no rows yet: the tracker writes every "
-            "flush_secs and on close(); try again later"
+            f"run {', '.join(run_ids)} in {str(run_dir)!r} has no rows: it logged nothing (no "
+            "sampled step reached a flush); if its Tracker is still running, rows appear every "
+            "flush_secs and at close()"
         )
     return table
 
@@ -248,10 +259,11 @@ def _match_layers(names: list[str], layers: Any, info: dict) -> set[str]:
 
 
 def _assemble(
-    run_dir: str, info: dict, runs: list[dict], metric: str, series: list[Series], tables: dict
+    run_dir: str, selection: Selection, runs: list[dict], metric: str, series: list[Series], tables: dict
 ) -> Report:
     ordered = sorted(runs, key=lambda run: str(run.get("started", "")))
-    notes = _problem_notes(series) + _run_notes(info, ordered)
+    info = selection.runs[-1]
+    notes = _problem_notes(series) + _run_notes(selection, ordered)
     return Report(
         run_dir, info, tuple(str(r.get("run_id")) for r in ordered), metric,
         layers=tuple(dict.fromkeys(s.layer for s in series)), series=tuple(series),
@@ -273,8 +285,13 @@ def _problem_notes(series: list[Series]) -> list[str]:
     return notes
 
 
-def _run_notes(info: dict, runs: list[dict]) -> list[str]:
-    if len(runs) < 2:
-        return []
-    others = ", ".join(str(run.get("run_id")) for run in runs if run is not info)
-    return [f"this directory holds {len(runs)} runs; pick another ({others}) with --run-id"]
+def _run_notes(selection: Selection, runs: list[dict]) -> list[str]:
+    notes = []
+    if selection.stitched:
+        joins = ", ".join(f"{run.get('run_id')} from step {start}" for run, start in
+                          zip(selection.runs[1:], selection.until[:-1]))  # fmt: skip
+        notes.append(f"runs {', '.join(selection.run_ids)} stitched as one run (resumed: {joins})")
+    if selection.others:
+        notes.append(f"this directory holds {len(runs)} runs; pick another ({', '.join(selection.others)}) "
+                     "with --run-id")  # fmt: skip
+    return notes

@@ -23,7 +23,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ndtracker.errors import NdtrackerError, SchemaError
-from ndtracker.store.layout import PART_NAME, find_run, list_parts, read_run_info
+from ndtracker.store.layout import PART_NAME, list_parts, read_run_info
+from ndtracker.store.runs import Selection, select_runs
 from ndtracker.store.schema import EVENTS_SCHEMA, METRICS_SCHEMA, NULLABLE_INTS, SCHEMA_VERSION, SORT_KEYS, VERSION_KEY
 
 __all__ = ["load", "read_table", "read_parts", "sort_rows"]
@@ -230,15 +231,21 @@ def _ranks(dictionary: pa.Array, values: list[str] | None) -> np.ndarray:
 def load(
     run_dir: str | os.PathLike,
     *,
-    run_id: str | None = None,
+    run_id: str | Sequence[str] | None = None,
     events: bool = False,
     columns: Sequence[str] | None = None,
 ) -> pd.DataFrame:
     """Load the rows of a run directory as a DataFrame, sorted by (run start, step, layer, space).
 
+    A directory can hold several runs; they are never mixed silently. By default the latest run is
+    loaded, stitched to the runs it resumes (see :mod:`ndtracker.store.runs`), with a warning
+    naming the runs left out.
+
     Args:
         run_dir: The directory a Tracker (or `RunWriter`) wrote to.
-        run_id: Load only this run (default: every run; each row carries its ``run_id``).
+        run_id: None (default: the latest run, with the runs it resumes), ``"all"`` (every run;
+            each row carries its ``run_id``), one run id, or a list (or comma-separated string) of
+            run ids to read as one resumed run.
         events: Load the events table (jumps and phases) instead of the metrics.
         columns: Load only these columns, in this order (default: all, in schema order).
 
@@ -247,21 +254,24 @@ def load(
         pandas nullable integers. An empty frame with the same columns and dtypes when no part exists.
 
     Raises:
-        RunNotFoundError: ``run_dir`` does not exist or holds no run.
-        RunNotFoundError: ``run_id`` is not a run in ``run_dir``.
+        RunNotFoundError: ``run_dir`` does not exist or holds no run, or ``run_id`` names a run
+            that is not in it.
         ValueError: ``columns`` names an unknown column.
         SchemaError: ``run.json`` or a part was written with a newer schema version.
 
     Damaged parts (truncated, not Parquet, other columns) are skipped with a warning naming them.
     """
-    table = read_table(run_dir, run_id=run_id, events=events, columns=columns)
-    return _to_frame(table)
+    entries = read_run_info(run_dir)
+    selection = select_runs(entries, run_id, run_dir)
+    if run_id is None and selection.others:
+        warnings.warn(_others_notice(run_dir, selection), UserWarning, stacklevel=2)
+    return _to_frame(_read(run_dir, entries, selection, events, columns, sort=True))
 
 
 def read_table(
     run_dir: str | os.PathLike,
     *,
-    run_id: str | None = None,
+    run_id: str | Sequence[str] | None = None,
     events: bool = False,
     columns: Sequence[str] | None = None,
     sort: bool = True,
@@ -269,7 +279,7 @@ def read_table(
     """Load rows as a pyarrow Table, string columns dictionary-encoded: `load` without pandas.
 
     Args:
-        run_dir, run_id, events, columns: As for `load`.
+        run_dir, run_id, events, columns: As for `load` (no warning about runs left out).
         sort: Sort as `load` does (default). With False the rows come in the order they were
             written (each run's parts in turn), which saves the sort's time and memory on a long
             run when the caller groups the rows itself.
@@ -280,16 +290,38 @@ def read_table(
     Raises:
         RunNotFoundError, ValueError, SchemaError: As for `load`.
     """
+    entries = read_run_info(run_dir)
+    return _read(run_dir, entries, select_runs(entries, run_id, run_dir), events, columns, sort)
+
+
+def _read(
+    run_dir: str | os.PathLike, entries: list[dict], selection: Selection, events: bool,
+    columns: Sequence[str] | None, sort: bool,
+) -> pa.Table:  # fmt: skip
     schema = EVENTS_SCHEMA if events else METRICS_SCHEMA
     wanted = _check_columns(columns, schema)
-    entries = read_run_info(run_dir)
-    if run_id is not None:
-        find_run(entries, run_id, run_dir)
     runs = [str(run.get("run_id")) for run in entries]
-    names = list(dict.fromkeys([*(SORT_KEYS if sort else SORT_KEYS[:1]), *wanted]))
+    names = list(dict.fromkeys([*(SORT_KEYS if sort else SORT_KEYS[:2]), *wanted]))
     folder = Path(run_dir) / ("events" if events else "metrics")
-    table = read_parts(folder, schema, runs, run_id, names)
+    if len(selection.runs) == len(entries) and not selection.stitched:  # every run: one pass
+        tables = [read_parts(folder, schema, runs, None, names)]
+    else:
+        tables = [_until(read_parts(folder, schema, runs, one, names), stop)
+                  for one, stop in zip(selection.run_ids, selection.until)]  # fmt: skip
+    table = pa.concat_tables(tables).unify_dictionaries() if len(tables) > 1 else tables[0]
     return (sort_rows(table, runs) if sort else table).select(wanted)
+
+
+def _until(table: pa.Table, stop: int | None) -> pa.Table:
+    """The rows of ``table`` before step ``stop`` (a later, resumed run covers the rest)."""
+    return table if stop is None else table.filter(pc.less(table["step"], stop))
+
+
+def _others_notice(run_dir: str | os.PathLike, selection: Selection) -> str:
+    loaded = ", ".join(selection.run_ids)
+    what = f"the latest run {loaded}" if len(selection.runs) == 1 else f"the latest run stitched to the runs it resumes ({loaded})"
+    return (f"{str(run_dir)!r} holds {len(selection.runs) + len(selection.others)} runs; loaded {what}; "
+            f"pass run_id='all' for every run, or run_id=ID for one of: {', '.join(selection.others)}")  # fmt: skip
 
 
 def _check_columns(columns: Sequence[str] | None, schema: pa.Schema) -> list[str]:

@@ -141,6 +141,10 @@ class Tracker:
             or the training step after building the Tracker).
         detect: Run the online jump and phase detector on ``stable_rank`` (default True).
         start_step: The first step's number, to continue a resumed run's step axis. Default 0.
+            With ``start_step > 0`` in a ``log_dir`` that already holds a run, ``run.json``
+            links the new run to the latest one there (``"resumes"``), and ``load`` and
+            ``report`` read the two as one run (the earlier run's rows from ``start_step`` on
+            are left out: the resumed run measured them again).
         flush_secs: Write buffered rows to disk at least this often (default 5 s).
         max_buffer_rows: Rows kept in memory per table while writing fails (default 200 000,
             about 120 MB at some 600 bytes a row; a run logging 128 rows a sample keeps 1 500
@@ -350,10 +354,21 @@ def _open_writer(log_dir: str | os.PathLike | None, run_info: dict[str, Any], wr
     if log_dir is None:
         log_dir = time.strftime("runs/ndtracker-%Y%m%d-%H%M%S")
     path = store.validate_log_dir(log_dir)
+    if writing["start_step"] > 0:
+        run_info = {**run_info, **_resumed(path)}
     return store.RunWriter(
         path, run_info=run_info, flush_secs=writing["flush_secs"],
         max_buffer_rows=writing["max_buffer_rows"],
     )  # fmt: skip
+
+
+def _resumed(path: os.PathLike) -> dict[str, str]:
+    """``{"resumes": <latest run id>}`` when ``path`` already holds a run (a resumed run continues it)."""
+    try:
+        runs = store.read_run_info(path)
+    except Exception:  # no run yet, or an unreadable run.json: nothing to link to
+        return {}
+    return {"resumes": str(runs[-1].get("run_id"))} if runs else {}
 
 
 def _warn_at_user(message: str) -> None:

@@ -125,7 +125,7 @@ def test_directory_without_run(tmp_path, capsys):
 def test_run_without_rows(tmp_path, capsys):
     write_rows(tmp_path).close()
     code, _, err = run_cli(capsys, "report", tmp_path)
-    assert code == 1 and "has no rows yet" in one_error_line(err)
+    assert code == 1 and "has no rows: it logged nothing" in one_error_line(err)
 
 
 def test_newer_schema(run, tmp_path, capsys):

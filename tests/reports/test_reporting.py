@@ -262,7 +262,7 @@ def test_missing_or_empty_directory(tmp_path):
 
 def test_run_without_rows(tmp_path):
     RunWriter(tmp_path, run_info={"model": "Empty"}).close()
-    with pytest.raises(NdtrackerError, match="has no rows yet"):
+    with pytest.raises(NdtrackerError, match="has no rows: it logged nothing"):
         reporting.report(tmp_path)
 
 

@@ -48,7 +48,7 @@ def test_truncated_part_is_skipped_with_a_warning_naming_it(two_runs):
     [damaged] = parts(log_dir, first)
     damaged.write_bytes(damaged.read_bytes()[: damaged.stat().st_size // 2])
     with pytest.warns(RuntimeWarning, match=f"skipping {damaged}: it is not a readable Parquet file"):
-        df = ndtracker.load(log_dir)
+        df = ndtracker.load(log_dir, run_id="all")
     assert set(df.run_id) == {second} and len(df) == 2 * 2 * 2
 
 
@@ -57,7 +57,7 @@ def test_foreign_parquet_file_is_skipped_with_a_warning_naming_it(two_runs):
     foreign = log_dir / "metrics" / "notes.parquet"
     pd.DataFrame({"a": [1, 2]}).to_parquet(foreign)
     with pytest.warns(RuntimeWarning, match=f"skipping {foreign}: it is not an ndtracker part"):
-        df = ndtracker.load(log_dir)
+        df = ndtracker.load(log_dir, run_id="all")
     assert len(df) == (3 + 2) * 2 * 2
 
 
@@ -68,7 +68,7 @@ def test_part_from_a_newer_schema_raises_naming_the_file(two_runs):
     metadata = {**table.schema.metadata, b"ndtracker_schema_version": b"99"}
     pq.write_table(table.replace_schema_metadata(metadata), part)
     with pytest.raises(SchemaError, match=f"{part} was written with schema version 99.*upgrade ndtracker"):
-        ndtracker.load(log_dir)
+        ndtracker.load(log_dir, run_id="all")
 
 
 def test_run_file_from_a_newer_schema_raises(two_runs):
@@ -85,7 +85,7 @@ def test_damaged_run_file_still_loads_the_parts(two_runs):
     log_dir, first, second = two_runs
     (log_dir / "run.json").write_text("{not json")
     with pytest.warns(RuntimeWarning, match="run.json: not a valid ndtracker run file"):
-        df = ndtracker.load(log_dir)
+        df = ndtracker.load(log_dir, run_id="all")
     assert set(df.run_id) == {first, second}
 
 

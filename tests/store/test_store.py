@@ -113,7 +113,7 @@ def test_second_run_gets_its_own_id_and_leaves_the_first_alone(tmp_path):
     assert [run["run_id"] for run in info] == [first.run_id, second.run_id]
     assert info[0]["model"] == "Net" and info[0]["started"] < info[1]["started"]
     assert json.loads((tmp_path / "run.json").read_text())["schema_version"] == store.SCHEMA_VERSION
-    frame = store.load(tmp_path)
+    frame = store.load(tmp_path, run_id="all")
     assert frame["run_id"].tolist() == [first.run_id] * 8 + [second.run_id] * 8
 
 
@@ -151,7 +151,7 @@ def test_a_renamed_part_is_read_and_filtered_by_its_run_id_column(tmp_path):
     first = write(tmp_path, [grid([0])])
     second = write(tmp_path, [grid([5])])
     (tmp_path / "metrics" / parts(tmp_path)[0]).rename(tmp_path / "metrics" / "copied.parquet")
-    assert len(store.load(tmp_path)) == 8
+    assert len(store.load(tmp_path, run_id="all")) == 8
     assert store.load(tmp_path, run_id=second.run_id)["step"].tolist() == [5] * 4
     assert store.load(tmp_path, run_id=first.run_id)["step"].tolist() == [0] * 4
 
