@@ -19,7 +19,7 @@ from __future__ import annotations
 
 __all__ = ["DISTRIBUTION", "missing_extra"]
 
-DISTRIBUTION = "ndtracker"
+DISTRIBUTION = "torch-ndtracker"
 """The name ndtracker is installed under with pip, used in every missing-extra message."""
 
 
@@ -28,7 +28,7 @@ def missing_extra(package: str, extra: str) -> ImportError:
 
     Example:
         >>> print(missing_extra("lightning", "lightning"))
-        ndtracker.integrations.lightning needs the lightning package: pip install 'ndtracker[lightning]'
+        ndtracker.integrations.lightning needs the lightning package: pip install 'torch-ndtracker[lightning]'
     """
     return ImportError(f"ndtracker.integrations.{extra} needs the {package} package: "
                        f"pip install '{DISTRIBUTION}[{extra}]'")  # fmt: skip

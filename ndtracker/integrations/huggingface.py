@@ -32,7 +32,7 @@ interrupted ``train()``; then the Tracker is closed when the next ``train()`` be
 up to the last flush, every ``flush_secs``, are on disk in any case).
 
 Multi-device training: a Tracker is built on every process (its hooks must run wherever the model
-runs). Needs ``pip install 'ndtracker[huggingface]'``.
+runs). Needs ``pip install 'torch-ndtracker[huggingface]'``.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ By default each sample's figures also go to the trainer's loggers (``trainer.log
 more sinks with ``sinks=[...]``. The Parquet logs in ``log_dir`` stay the source of truth.
 
 Multi-device training: a Tracker is built on every rank (its hooks must run wherever the model
-runs); the trainer's loggers write on rank 0 only. Needs ``pip install 'ndtracker[lightning]'``.
+runs); the trainer's loggers write on rank 0 only. Needs ``pip install 'torch-ndtracker[lightning]'``.
 """
 
 from __future__ import annotations

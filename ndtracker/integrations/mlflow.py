@@ -9,7 +9,7 @@ Example::
         tracker = Tracker(model, every=10, sinks=[MlflowSink()])
         ...
 
-Needs ``pip install 'ndtracker[mlflow]'`` (``mlflow-skinny``; the full ``mlflow`` works too).
+Needs ``pip install 'torch-ndtracker[mlflow]'`` (``mlflow-skinny``; the full ``mlflow`` works too).
 """
 
 from __future__ import annotations

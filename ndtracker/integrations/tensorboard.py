@@ -7,7 +7,7 @@ Example::
     tracker = Tracker(model, every=10, log_dir="runs/exp1/ndtracker",
                       sinks=[TensorBoardSink("runs/exp1/tensorboard")])
 
-Then ``tensorboard --logdir runs/exp1``. Needs ``pip install 'ndtracker[tensorboard]'``.
+Then ``tensorboard --logdir runs/exp1``. Needs ``pip install 'torch-ndtracker[tensorboard]'``.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ Example::
 The figures are plotted against their own x-axis, ``ndtracker/step`` (the training step), declared
 with ``define_metric``; they never pass ``step=`` to ``log``, so they cannot clash with the step
 counter of the run's other writers (the Lightning and Hugging Face W&B integrations likewise plot
-against their own global-step metric). Needs ``pip install 'ndtracker[wandb]'``.
+against their own global-step metric). Needs ``pip install 'torch-ndtracker[wandb]'``.
 """
 
 from __future__ import annotations
