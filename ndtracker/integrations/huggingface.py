@@ -31,8 +31,10 @@ interrupted ``train()``; then the Tracker is closed when the next ``train()`` be
 :meth:`TrackerCallback.close` is called, or at interpreter exit, whichever comes first (its rows
 up to the last flush, every ``flush_secs``, are on disk in any case).
 
-Multi-device training: a Tracker is built on every process (its hooks must run wherever the model
-runs). Needs ``pip install 'torch-ndtracker[huggingface]'``.
+Multi-device training: a Tracker is built on every process (its hooks and any collective must run
+wherever the model runs) and only the main process is meant to write; until the distributed
+Tracker lands, every process writes its own run (its own ``run_id``) into ``log_dir``, so pass the
+same explicit ``log_dir`` to every process. Needs ``pip install 'torch-ndtracker[huggingface]'``.
 """
 
 from __future__ import annotations
