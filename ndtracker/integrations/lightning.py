@@ -60,6 +60,8 @@ class LoggerSink:
     def write(self, step: int, rows: list[dict[str, Any]]) -> None:
         """Log the finite metric values of ``rows`` at ``step`` to every logger."""
         values = scalars(rows)
+        if not values:
+            return
         for logger in self._loggers:
             logger.log_metrics(values, step=step)
             logger.save()

@@ -44,7 +44,7 @@ def test_the_extras_are_declared_in_pyproject():
 
 def test_import_ndtracker_imports_no_framework():
     frameworks = ("lightning", "transformers", "wandb", "mlflow", "tensorboard")
-    code = f"import sys, ndtracker, ndtracker.integrations; print([m for m in {frameworks} if m in sys.modules])"
+    code = f"import sys, ndtracker.integrations; print([m for m in {frameworks} if m in sys.modules])"
     import subprocess
 
     output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
