@@ -27,6 +27,7 @@ from ndtracker.tracking.capture import Capturer
 from ndtracker.tracking.layers import DEFAULT_MAX_LAYERS, LayerSpec, recompile_with_hooks, select_layers, unwrapped
 from ndtracker.tracking.sample import log_row, loss_value, measure_jobs, sample_jobs
 from ndtracker.tracking.options import DEFAULT_MAX_BUFFER_ROWS, check_options
+from ndtracker.tracking.sinks import Sink, SinkFanout
 from ndtracker.tracking.events import SeriesDetectors, describe_event, detector_factory
 from ndtracker.version import __version__
 from ndtracker.vocabulary import SPACES
@@ -150,9 +151,15 @@ class Tracker:
             about 120 MB at some 600 bytes a row; a run logging 128 rows a sample keeps 1 500
             samples).
         seed: Seed of the row subsample.
+        sinks: Where each sample's rows go besides the Parquet logs (which stay the source of
+            truth): objects with ``write(step, rows)`` and ``close()`` (see
+            :mod:`ndtracker.tracking.sinks`), e.g. ``TensorBoardSink``, ``WandbSink`` or
+            ``MlflowSink`` from :mod:`ndtracker.integrations`. A sink that raises is warned about
+            once and never stops training; ``close()`` closes the sinks.
 
     Raises:
-        TypeError: If ``model`` is not an ``nn.Module`` or an option has the wrong type.
+        TypeError: If ``model`` is not an ``nn.Module``, an option has the wrong type or a sink
+            lacks ``write``/``close``.
         ValueError: If an option is out of range, a ``layers`` entry matches nothing, there is no
             trackable layer, or ``log_dir`` is a file or not writable.
 
@@ -190,6 +197,7 @@ class Tracker:
         flush_secs: float = 5.0,
         max_buffer_rows: int = DEFAULT_MAX_BUFFER_ROWS,
         seed: int = 0,
+        sinks: Sequence[Sink] | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -206,6 +214,7 @@ class Tracker:
         }  # fmt: skip
         max_layers = optional_positive_int("max_layers", max_layers)
         self._layers = select_layers(self._model, layers, max_layers, warn=_warn_at_user)
+        self._sinks = SinkFanout(sinks)
         self._closed = False
         self._warned: set[tuple[str, str]] = set()
         self._detectors = SeriesDetectors(detector_factory(boolean("detect", detect)), self._warn_once)
@@ -276,6 +285,7 @@ class Tracker:
             self._warn_once("*", "events", f"the online detector failed at close: {error!r}")
         finally:
             self._writer.close()
+            self._sinks.close()
 
     def __enter__(self) -> Tracker:
         return self
@@ -313,6 +323,7 @@ class Tracker:
                 for name, space, i in keys
             ]  # fmt: skip
             self._writer.append(rows)
+            self._sinks.write(step, rows)
             self._emit_events(self._detectors.feed(rows))
         except Exception as error:  # a monitor never stops training
             self._warn_once("*", "*", f"sample of step {step} failed: {error!r}")
