@@ -96,6 +96,7 @@ class _Run:
         self.warned: set[str] = set()  # one-off warnings already given
         self.run_file = _stamp(run_dir / "run.json")  # run.json as last seen holding our entry
         self.compactor = Compactor(run_dir, self.run_id, self._warn)
+        self._ensure_part("events")  # DuckDB and Polars globs need a file, events may never come
         self.thread = threading.Thread(target=self._loop, name=f"ndtracker-{self.run_id}", daemon=True)
         _OPEN.add(self)
         self.thread.start()
@@ -134,6 +135,7 @@ class _Run:
         if os.getpid() == self.pid:
             with self.io_lock:
                 self.compactor.merge_all()
+                self._ensure_part("metrics")
         lost = sum(len(buffer.take()) + buffer.take_dropped() for buffer in self.buffers.values())
         self.finished = True
         _OPEN.discard(self)
@@ -197,6 +199,14 @@ class _Run:
         with atomic_write(folder / self.compactor.next_name(name)) as handle:
             pq.write_table(table, handle)
         self.compactor.added(name)
+
+    def _ensure_part(self, name: str) -> None:
+        """Write an empty part of table ``name`` if it has none, so that globs over it work."""
+        if self.compactor.parts[name].next_seq == 0:
+            try:
+                self._write_part(name, SCHEMAS[name].empty_table())
+            except Exception as error:
+                self._fault(name, error)
 
     def _check_registered(self) -> None:
         """Restore this run's ``run.json`` entry if the file changed and lost it (warned once)."""
