@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 __all__ = [
-    "NotRegularFileError", "atomic_write", "open_regular", "make_dir", "fsync_dir",
+    "NotRegularFileError", "RESOURCE_ERRORS", "atomic_write", "open_regular", "make_dir", "fsync_dir",
     "clean_temporaries", "TEMP_NAME", "STALE_SECS",
 ]  # fmt: skip
 
@@ -40,6 +40,9 @@ _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _NONBLOCK = getattr(os, "O_NONBLOCK", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _BINARY = getattr(os, "O_BINARY", 0)
+
+
+RESOURCE_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOMEM)  # the reader's limits, not damage
 
 
 class NotRegularFileError(OSError):

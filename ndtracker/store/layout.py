@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from ndtracker.errors import NdtrackerError, RunNotFoundError, SchemaError
-from ndtracker.store.files import atomic_write, clean_temporaries, make_dir, open_regular
+from ndtracker.store.files import RESOURCE_ERRORS, atomic_write, clean_temporaries, make_dir, open_regular
 from ndtracker.store.schema import SCHEMA_VERSION, SCHEMAS
 from ndtracker.version import __version__
 
@@ -201,18 +201,26 @@ def _read_doc(run_dir: Path, strict: bool = False) -> dict[str, Any] | None:
         doc = _parse_doc(_read_bytes(path))
     except FileNotFoundError:
         return None
-    except (OSError, ValueError, TypeError, RecursionError, MemoryError) as error:
-        why = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
-        if strict:
-            raise NdtrackerError(f"{path} is not a valid ndtracker run file ({why}); move it "
-                                 "away or choose another log_dir") from None  # fmt: skip
-        warnings.warn(f"ignoring {path}: not a valid ndtracker run file ({why})", RuntimeWarning,
-                      stacklevel=4)
-        return None
+    except OSError as error:
+        if error.errno in RESOURCE_ERRORS:  # not the file's fault: never call it damaged
+            raise NdtrackerError(f"cannot open {path}: {error.strerror}; raise the open-files "
+                                 "limit (ulimit -n) or close files and try again") from None  # fmt: skip
+        return _damaged(path, error.strerror or str(error), strict)
+    except (ValueError, TypeError, RecursionError, MemoryError) as error:
+        return _damaged(path, str(error), strict)
     if doc["schema_version"] > SCHEMA_VERSION:
         raise SchemaError(f"{path} has schema_version {doc['schema_version']}, newer than "
                           f"{SCHEMA_VERSION}, the newest this ndtracker reads; upgrade ndtracker")  # fmt: skip
     return doc
+
+
+def _damaged(path: Path, why: str, strict: bool) -> None:
+    """Raise (``strict``) or warn that ``path`` is not a valid run file."""
+    if strict:
+        raise NdtrackerError(f"{path} is not a valid ndtracker run file ({why}); move it away or "
+                             "choose another log_dir")  # fmt: skip
+    warnings.warn(f"ignoring {path}: not a valid ndtracker run file ({why})", RuntimeWarning,
+                  stacklevel=5)
 
 
 MAX_RUN_FILE = 64 * 2**20  # bytes; a larger run.json is not one ndtracker wrote

@@ -12,7 +12,6 @@ torch.
 
 from __future__ import annotations
 
-import errno
 import os
 import warnings
 from collections.abc import Sequence
@@ -26,7 +25,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ndtracker.errors import NdtrackerError, SchemaError
-from ndtracker.store.files import NotRegularFileError, open_regular
+from ndtracker.store.files import RESOURCE_ERRORS, NotRegularFileError, open_regular
 from ndtracker.store.layout import PART_NAME, find_run, list_parts, read_run_info
 from ndtracker.store.schema import EVENTS_SCHEMA, METRICS_SCHEMA, NULLABLE_INTS, SCHEMA_VERSION, SORT_KEYS, VERSION_KEY
 
@@ -73,9 +72,6 @@ def read_parts(
     raise NdtrackerError(f"the parts in {folder} kept changing while being read; try again")
 
 
-_NOT_DAMAGE = (errno.EMFILE, errno.ENFILE, errno.ENOMEM)  # the reader's limits, not the file's fault
-
-
 def _open(path: Path) -> BinaryIO | None:
     """Open a part if it is a regular file; None, with a warning naming it, when it cannot be.
 
@@ -90,7 +86,7 @@ def _open(path: Path) -> BinaryIO | None:
     except NotRegularFileError as error:
         _skip(path, f"it is {error.strerror}")
     except OSError as error:
-        if error.errno in _NOT_DAMAGE:
+        if error.errno in RESOURCE_ERRORS:
             raise NdtrackerError(f"cannot open {path}: {error.strerror}; the part is not damaged: "
                                  "raise the open-files limit (ulimit -n) or close files and try "
                                  "again") from None  # fmt: skip
