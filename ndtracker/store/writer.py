@@ -19,7 +19,8 @@ import threading
 import warnings
 import weakref
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,8 @@ from ndtracker.store import signals
 from ndtracker.store.compaction import Compactor
 from ndtracker.store.files import atomic_write, make_dir
 from ndtracker.store.layout import ensure_registered, open_run_dir, register_run, validate_log_dir
-from ndtracker.store.schema import SCHEMAS, SORT_KEYS
+from ndtracker.store.rows import rows_to_table
+from ndtracker.store.schema import SCHEMAS
 
 __all__ = ["RunWriter"]
 
@@ -44,7 +46,7 @@ class _Buffer:
 
     def __init__(self) -> None:
         self._rows: deque[Mapping[str, Any]] = deque()
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # a signal handler may take rows while push holds it
         self.dropped = 0
 
     def push(self, rows: Sequence[Mapping[str, Any]]) -> int:
@@ -133,7 +135,7 @@ class _Run:
         self.compactor.close()
         self.flush()
         if os.getpid() == self.pid:
-            with self.io_lock:
+            with self._io():
                 self.compactor.merge_all()
                 self._ensure_part("metrics")
         lost = sum(len(buffer.take()) + buffer.take_dropped() for buffer in self.buffers.values())
@@ -147,26 +149,31 @@ class _Run:
         """Write every buffered row (of table ``only``, or all) as new parts; warn, never raise."""
         if os.getpid() != self.pid:  # a forked child holds a copy of the parent's rows
             return
-        with self.io_lock:
-            self._flush_locked(only)
-
-    def flush_from_signal(self) -> None:
-        """Flush from a signal handler: skipped if this thread is mid-flush (it cannot re-enter)."""
-        if os.getpid() != self.pid or self.io_owner == threading.get_ident():
-            return
-        if self.io_lock.acquire(timeout=SIGNAL_LOCK_SECS):
-            try:
-                self._flush_locked(None)
-            finally:
-                self.io_lock.release()
-
-    def _flush_locked(self, only: str | None) -> None:
-        self.io_owner = threading.get_ident()
-        try:
+        with self._io():
             for name in SCHEMAS if only is None else (only,):
                 self._flush_table(name)
+
+    @contextmanager
+    def _io(self, timeout: float = -1) -> Iterator[bool]:
+        """Hold ``io_lock`` (yield whether it was acquired within ``timeout``), noting the owner."""
+        acquired = self.io_lock.acquire(timeout=timeout)
+        if not acquired:
+            yield False
+            return
+        self.io_owner = threading.get_ident()
+        try:
+            yield True
         finally:
             self.io_owner = None
+            self.io_lock.release()
+
+    def flush_from_signal(self) -> None:
+        """Flush from a signal handler: skipped if this thread is mid-write (it cannot re-enter)."""
+        if os.getpid() != self.pid or self.io_owner == threading.get_ident():
+            return
+        with self._io(SIGNAL_LOCK_SECS) as acquired:
+            for name in SCHEMAS if acquired else ():
+                self._flush_table(name)
 
     def _flush_table(self, name: str) -> None:
         """Write one table's buffer as a part; on failure keep the newest ``limit`` rows."""
@@ -187,7 +194,7 @@ class _Run:
 
     def _to_arrow(self, name: str, rows: list[Mapping[str, Any]]) -> pa.Table | None:
         try:
-            return _rows_to_table(rows, SCHEMAS[name], self.run_id)
+            return rows_to_table(rows, SCHEMAS[name], self.run_id)
         except Exception as error:  # unreadable rows would otherwise be retried forever
             self._warn(f"ndtracker dropped {len(rows)} {name} rows it could not convert: {error!r}")
             return None
@@ -383,58 +390,6 @@ class RunWriter:
     def _check_open(self) -> None:
         if self._run.closed:
             raise ValueError(f"RunWriter of run {self.run_id} in {str(self.run_dir)!r} is closed")
-
-
-def _rows_to_table(rows: Sequence[Mapping[str, Any]], schema: pa.Schema, run_id: str) -> pa.Table:
-    """Convert row mappings to a table of ``schema``, sorted by (step, layer, space).
-
-    Args:
-        rows: Mappings keyed by column name; missing keys are null, unknown keys are ignored.
-        schema: `METRICS_SCHEMA` or `EVENTS_SCHEMA`.
-        run_id: The value of the ``run_id`` column.
-
-    Returns:
-        The table; a value its column's type cannot hold (a NaN in an integer column, text in a
-        float column) is stored as null.
-    """
-    columns = [pa.repeat(pa.scalar(run_id, pa.string()), len(rows))]
-    for field in list(schema)[1:]:
-        columns.append(_column([row.get(field.name) for row in rows], field.type))
-    table = pa.Table.from_arrays(columns, schema=schema)
-    return table.sort_by([(key, "ascending") for key in SORT_KEYS[1:]])
-
-
-_BAD_VALUE = (pa.ArrowException, TypeError, ValueError, OverflowError)
-
-
-def _column(values: list[Any], kind: pa.DataType) -> pa.Array:
-    try:
-        return pa.array(values, type=kind)
-    except _BAD_VALUE:  # rare: convert value by value, nulls for what does not fit
-        return pa.array([_fit(value, kind) for value in values], type=kind)
-
-
-def _fit(value: Any, kind: pa.DataType) -> Any:
-    """Return ``value``, or its conversion to the Python type of ``kind``, or None if neither fits."""
-    for candidate in (value, _coerce(value, kind)):
-        try:
-            pa.scalar(candidate, type=kind)
-            return candidate
-        except _BAD_VALUE:
-            pass
-    return None
-
-
-def _coerce(value: Any, kind: pa.DataType) -> Any:
-    try:
-        if pa.types.is_string(kind):
-            return str(value)
-        if pa.types.is_integer(kind):
-            number = float(value)
-            return int(number) if number.is_integer() else None
-        return float(value)
-    except _BAD_VALUE:
-        return None
 
 
 def _check_options(run_info: Any, flush_secs: Any, max_buffer_rows: Any) -> None:

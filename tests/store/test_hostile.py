@@ -20,7 +20,7 @@ from store_rows import grid, write
 from ndtracker import store
 from ndtracker.errors import NdtrackerError, SchemaError
 from ndtracker.store import files
-from ndtracker.store.writer import _rows_to_table
+from ndtracker.store.rows import rows_to_table
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="POSIX only")
 
@@ -177,7 +177,7 @@ def many_parts(folder, runs: int, parts_per_run: int) -> None:
         run_id = f"20260101-{run:06d}-beef"
         for seq in range(parts_per_run):
             rows = [{"step": seq, "layer": "fc", "space": "weight"}]
-            table = _rows_to_table(rows, store.METRICS_SCHEMA, run_id)
+            table = rows_to_table(rows, store.METRICS_SCHEMA, run_id)
             pq.write_table(table, folder / "metrics" / f"part-{run_id}-{seq:06d}.parquet")
 
 
