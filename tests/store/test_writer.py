@@ -201,7 +201,8 @@ def test_a_deleted_run_directory_is_warned_about_and_recreated(tmp_path):
         writer.flush()
         writer.flush()
     run_dir.unlink()
-    writer.flush()
+    with pytest.warns(RuntimeWarning, match="restored the entry of run"):
+        writer.flush()
     writer.close()
     assert store.load(run_dir)["step"].tolist() == [5] * 4
     assert [run["run_id"] for run in store.read_run_info(run_dir)] == [writer.run_id]
