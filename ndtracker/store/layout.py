@@ -299,8 +299,8 @@ def read_run_info(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
     known = {run.get("run_id") for run in runs}
     runs += [_implied_run(run_id) for run_id in sorted(_part_runs(root) - known)]
     if doc is None and not runs:
-        raise RunNotFoundError(f"{str(run_dir)!r} holds no ndtracker run (no run.json and no "
-                               "parts); pass the log_dir a Tracker wrote to")  # fmt: skip
+        raise RunNotFoundError(f"{str(run_dir)!r} holds no ndtracker run (no valid run.json and "
+                               "no parts); pass the log_dir a Tracker wrote to")  # fmt: skip
     return sorted(runs, key=lambda run: str(run.get("started", "")))
 
 

@@ -114,7 +114,7 @@ class _Run:
             return
         if name not in self.failing:
             self.flush(only=name)  # back-pressure: the caller waits for the write
-        if name in self.failing:
+        if name in self.failing or os.getpid() != self.pid:  # a forked child never writes
             self.buffers[name].trim(self.limit)
 
     def release(self) -> None:
