@@ -3,7 +3,8 @@
 Pure rendering: every function takes a finished :class:`~ndtracker.reports.Report` (or
 :class:`~ndtracker.reports.Comparison`) and returns rich renderables; nothing here loads or
 analyses. Every cell and title is a rich ``Text`` made from `text.literal` strings, never markup:
-a layer named ``[/x]`` or ``[link=...]`` is shown as it is written. Run facts and number formats shared with the HTML page are in :mod:`~ndtracker.reports.text`.
+a layer named ``[/x]`` or ``[link=...]`` is shown as it is written. Run facts and number formats
+shared with the HTML page are in :mod:`~ndtracker.reports.text`.
 """
 
 from __future__ import annotations
