@@ -160,7 +160,7 @@ def _show(result: Report | Comparison, args: argparse.Namespace) -> int:
     console.print(result)
     if args.html:
         result.to_html(args.html, progress=True)
-        console.print(f"HTML report: {args.html}", markup=False)
+        console.print(f"HTML report: {_shown(args.html)}", markup=False, highlight=False)
     return 0
 
 
@@ -180,19 +180,29 @@ def _console(width: int | None) -> Console:
 
 @contextmanager
 def _warnings_to_stderr() -> Iterator[None]:
-    """Print each warning as one ``ndtracker: warning:`` line instead of Python's format."""
+    """Print each warning once, as one ``ndtracker: warning:`` line instead of Python's format."""
+    shown: set[str] = set()
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        text = " ".join(str(message).removeprefix("ndtracker: ").split())
+        if text not in shown:  # the same file warned about by two reads of one command
+            shown.add(text)
+            print(f"ndtracker: warning: {_shown(text)}", file=sys.stderr)
+
     with warnings.catch_warnings():  # restores showwarning and the filters on exit
         warnings.simplefilter("default")
-        warnings.showwarning = _show_warning
+        warnings.showwarning = show
         yield
-
-
-def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    text = " ".join(str(message).removeprefix("ndtracker: ").split())
-    print(f"ndtracker: warning: {text}", file=sys.stderr)
 
 
 def _fail(message: str, code: int) -> int:
     text = " ".join(message.split()) or "unknown error"
-    print(f"ndtracker: error: {text}", file=sys.stderr)
+    print(f"ndtracker: error: {_shown(text)}", file=sys.stderr)
     return code
+
+
+def _shown(text: str) -> str:
+    """``text`` safe for a terminal: control characters and undecodable bytes as visible escapes."""
+    from ndtracker.reports.text import literal
+
+    return literal(text)

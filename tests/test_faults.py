@@ -160,6 +160,8 @@ def test_run_directory_deleted_mid_run_is_recreated(tmp_path):
         tracker.flush()
         shutil.rmtree(run)
         train(model, tracker, 2)
+        with pytest.warns(RuntimeWarning, match="restored the entry of run .* deleted"):  # one warning
+            tracker.flush()
     df = ndtracker.load(run)
     assert sorted(df.step.unique()) == [2, 3]  # what was on disk went with the directory
     assert list(df.run_id.unique()) == [tracker.run_id]

@@ -10,6 +10,9 @@ Figures take plain arrays in training steps, never indices. Long series are thin
 
 SVG text is kept as text (``svg.fonttype = "none"``), so a report of 50 layers stays a few MB, and
 the ids matplotlib writes are salted per figure so that many figures inline in one page never clash.
+Every name drawn (titles, tick labels, legends) goes through :func:`label`: control characters are
+escaped and ``$`` is escaped so matplotlib never reads a name as mathtext (``$\\alpha$`` is drawn as
+written, ``$\\frac$`` cannot break the page).
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ import numpy as np
 from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
 from matplotlib.ticker import FormatStrFormatter
+
+from ndtracker.reports.text import literal
 
 MAX_POINTS = 1000  # points per drawn curve, at most (twice the buckets of `thin`)
 HEATMAP_COLUMNS = 600  # step bins of the depth x step heatmap
@@ -146,8 +151,8 @@ def heatmap_figure(
     extent = (edges[0], edges[-1], len(layers) - 0.5, -0.5)
     image = ax.imshow(grid, aspect="auto", interpolation="nearest", extent=extent, cmap="viridis",
                       norm=_color_scale(grid))  # fmt: skip
-    ax.set_yticks(range(len(layers)), _tick_labels(layers), fontsize=6.5)
-    ax.set_title(title, fontsize=9, loc="left")
+    ax.set_yticks(range(len(layers)), [label(name) for name in _tick_labels(layers)], fontsize=6.5)
+    ax.set_title(label(title), fontsize=9, loc="left")
     ax.set_xlabel("step", fontsize=8)
     ax.tick_params(axis="x", labelsize=8)
     box = ax.get_position()
@@ -186,7 +191,7 @@ def layer_figure(
         ax.plot(shown.steps, shown.values, color=SPACE_COLORS.get(curve.label, "C0"), lw=1)
         _draw_jumps(ax, marks.jumps)
         _style(ax, xlim, f"{curve.label}\n{metric}")
-    axes[0].set_title(layer, fontsize=9, loc="left", family="monospace")
+    axes[0].set_title(label(layer), fontsize=9, loc="left", family="monospace")
     return to_svg(fig, salt)
 
 
@@ -209,9 +214,9 @@ def compare_figure(
     for ax, (space, a, b) in zip(axes, pairs):
         for curve, color in zip((a, b), RUN_COLORS):
             shown = thin(curve.steps, curve.values)
-            ax.plot(shown.steps, shown.values, color=color, lw=1, label=curve.label)
+            ax.plot(shown.steps, shown.values, color=color, lw=1, label=label(curve.label))
         _style(ax, (min(lows), max(highs)), f"{space}\n{metric}".strip())
-    axes[0].set_title(layer, fontsize=9, loc="left", family="monospace")
+    axes[0].set_title(label(layer), fontsize=9, loc="left", family="monospace")
     axes[0].legend(fontsize=7, loc="upper right", frameon=False)
     return to_svg(fig, salt)
 
@@ -266,9 +271,19 @@ def _draw_jumps(ax, jumps: Sequence[tuple[int, float, str]]) -> None:
             ax.plot(steps, values, color=color, **style)
 
 
+def label(text: str) -> str:
+    r"""Return ``text`` as matplotlib must be given it to draw it literally: no mathtext, no controls.
+
+    Example:
+        >>> label("$\\alpha$")
+        '\\$\\alpha\\$'
+    """
+    return literal(text).replace("$", "\\$")
+
+
 def _style(ax, xlim: tuple[float, float], ylabel: str) -> None:
     ax.set_xlim(*xlim)
-    ax.set_ylabel(ylabel, fontsize=8)
+    ax.set_ylabel(label(ylabel), fontsize=8)
     ax.tick_params(labelsize=8)
     ax.grid(True, lw=0.3, alpha=0.5)
     ax.spines[["top", "right"]].set_visible(False)

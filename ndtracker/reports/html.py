@@ -17,6 +17,7 @@ import pandas as pd
 from rich.progress import Progress
 
 from ndtracker.reports import figures
+from ndtracker.store.files import atomic_write
 from ndtracker.reports.text import comparison_lines, display_name, info_lines, number
 from ndtracker.vocabulary import SPACES
 
@@ -42,14 +43,19 @@ nav a { margin-right: 0.8em; font-family: ui-monospace, monospace; font-size: 12
 
 
 def write_page(title: str, sections: list[str], path: str | Path | None) -> str:
-    """Wrap ``sections`` in a page titled ``title``; write it to ``path`` when given; return it."""
+    """Wrap ``sections`` in a page titled ``title``; write it to ``path`` when given; return it.
+
+    The file is written atomically (a fresh temporary file renamed over ``path``): a symlink or a
+    FIFO planted at ``path`` is replaced, never written through or opened.
+    """
     page = (
         f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         f"<title>{html.escape(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n"
         f"<h1>{html.escape(title)}</h1>\n" + "\n".join(sections) + "\n</body>\n</html>\n"
     )
     if path is not None:
-        Path(path).write_text(page, encoding="utf-8")
+        with atomic_write(Path(path)) as handle:
+            handle.write(page.encode("utf-8", "backslashreplace"))
     return page
 
 

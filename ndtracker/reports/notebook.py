@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 
 from ndtracker.reports import html as page
 from ndtracker.reports import terminal
-from ndtracker.reports.figures import PHASE_COLORS, SPACE_COLORS
+from ndtracker.reports.figures import PHASE_COLORS, SPACE_COLORS, label
 from ndtracker.reports.text import display_name
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -79,7 +79,7 @@ def plot(rep: Report, layer: str, space: str | None = None, *, ax: Axes | None =
     ax.plot(item.steps, item.values, color=SPACE_COLORS.get(item.space, "C0"), lw=1)
     for row in _rows(rep.jumps, item):
         ax.axvline(row.step, color="#555", lw=0.8, ls=":")
-    ax.set_title(f"{display_name(item.layer)}, {item.space}", fontsize=9, loc="left", family="monospace")
+    ax.set_title(label(f"{display_name(item.layer)}, {item.space}"), fontsize=9, loc="left", family="monospace")
     ax.set_xlabel("step")
     ax.set_ylabel(rep.metric)
     return fig

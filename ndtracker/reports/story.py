@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ndtracker.reports.text import display_name, number
+from ndtracker.reports.text import display_name, literal, number
 
 if TYPE_CHECKING:  # pragma: no cover
     from ndtracker.reports.model import Report, Series
@@ -96,9 +96,9 @@ def layer_label(rep: Report, layer: str) -> str:
     name = display_name(layer)
     if not info:
         return name
-    kind = str(info.get("type") or "")
+    kind = literal(info.get("type") or "")
     shape = info.get("weight_shape")
-    dims = "×".join(str(d) for d in shape) if isinstance(shape, list) and shape else ""
+    dims = "×".join(literal(d) for d in shape) if isinstance(shape, list) and shape else ""
     detail = " ".join(part for part in (kind, dims) if part)
     return f"{name} ({detail})" if detail else name
 

@@ -2,7 +2,9 @@
 
 Pure rendering: every function takes a finished :class:`~ndtracker.reports.Report` (or
 :class:`~ndtracker.reports.Comparison`) and returns rich renderables; nothing here loads or
-analyses. Run facts and number formats shared with the HTML page are in :mod:`~ndtracker.reports.text`.
+analyses. Every cell and title is a rich ``Text`` made from `text.literal` strings, never markup:
+a layer named ``[/x]`` or ``[link=...]`` is shown as it is written. Run facts and number formats
+shared with the HTML page are in :mod:`~ndtracker.reports.text`.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 from rich.table import Table
 from rich.text import Text
 
-from ndtracker.reports.text import comparison_lines, display_name, info_lines, number
+from ndtracker.reports.text import comparison_lines, display_name, info_lines, literal, number
 from ndtracker.vocabulary import SPACES
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -52,7 +54,7 @@ def progress_bar(enabled: bool) -> Iterator[Progress]:
 def report_view(rep: Report) -> RenderableType:
     """Return the terminal summary of a report: run facts, one table per space, warnings."""
     tables = [part for table in _space_tables(rep) for part in (Text(), table)]
-    notes = [Text(f"warning: {note}", style="yellow") for note in rep.notes]
+    notes = [Text(f"warning: {literal(note)}", style="yellow") for note in rep.notes]
     return Group(_header(rep), *tables, *notes)
 
 
@@ -61,7 +63,7 @@ def _header(rep: Report) -> Table:
     grid.add_column(style="bold")
     grid.add_column()
     for key, value in info_lines(rep):
-        grid.add_row(key, value)
+        grid.add_row(Text(key), Text(value))
     return grid
 
 
@@ -75,7 +77,7 @@ def _space_tables(rep: Report) -> list[Table]:
 
 
 def _space_table(rep: Report, space: str, rows: pd.DataFrame) -> Table:
-    table = Table(title=f"{space} space: {rep.metric}", title_justify="left", expand=True)
+    table = Table(title=Text(literal(f"{space} space: {rep.metric}")), title_justify="left", expand=True)
     _add_layer_column(table, rows["layer"])
     for name in ("first", "last", "min", "max"):
         table.add_column(name, justify="right", no_wrap=True)
@@ -86,7 +88,7 @@ def _space_table(rep: Report, space: str, rows: pd.DataFrame) -> Table:
     for row in rows.itertuples(index=False):
         numbers = [number(getattr(row, name)) for name in ("first", "last", "min", "max")]
         cells = [_phase_text(phases.get(row.layer)), _jump_text(jumps.get(row.layer))]
-        table.add_row(display_name(row.layer), *numbers, *cells)
+        table.add_row(*_texts(display_name(row.layer), *numbers, *cells))
     return table
 
 
@@ -94,6 +96,11 @@ def _add_layer_column(table: Table, names: Any) -> None:
     """A layer column wide enough for names of up to 24 characters on one line; longer ones fold."""
     widest = max((len(display_name(name)) for name in names), default=5)
     table.add_column("layer", overflow="fold", min_width=min(widest, 24))
+
+
+def _texts(*cells: str) -> list[Text]:
+    """Cells as rich ``Text``, never parsed as markup (names are already `literal`)."""
+    return [Text(cell) for cell in cells]
 
 
 def _by_layer(frame: pd.DataFrame, space: str) -> dict[str, pd.DataFrame]:
@@ -143,7 +150,7 @@ def _arrow(direction: str) -> str:
 
 def comparison_view(comparison: Comparison) -> RenderableType:
     """Return the terminal view of a comparison: one line per run, then a table per space."""
-    lines = [Text(line) for line in comparison_lines(comparison)]
+    lines = [Text(line) for line in comparison_lines(comparison)]  # already literal
     spaces = comparison.table["space"].unique()
     tables = [part for space in spaces for part in (Text(""), _compare_table(comparison, space))]
     return Group(*lines, *tables)
@@ -152,8 +159,8 @@ def comparison_view(comparison: Comparison) -> RenderableType:
 def _compare_table(comparison: Comparison, space: str) -> Table:
     legend = ", ".join(f"{glyph} {kind}" for kind, glyph in PHASE_GLYPHS.items())
     rows = comparison.table[comparison.table["space"] == space]
-    title = f"{space} space: {comparison.a.metric}, A vs B"
-    table = Table(title=title, title_justify="left", caption=legend)
+    title = Text(literal(f"{space} space: {comparison.a.metric}, A vs B"))
+    table = Table(title=title, title_justify="left", caption=Text(legend))
     _add_layer_column(table, rows["layer"])
     for name in ("A\nfirst", "A\nlast", "B\nfirst", "B\nlast"):
         table.add_column(name, justify="right", no_wrap=True)
@@ -161,7 +168,7 @@ def _compare_table(comparison: Comparison, space: str) -> Table:
     table.add_column("B\nphases", overflow="fold")
     for row in rows.itertuples(index=False):
         numbers = [number(v) for v in (row.first_a, row.last_a, row.first_b, row.last_b)]
-        table.add_row(display_name(row.layer), *numbers, _glyphs(row.phases_a), _glyphs(row.phases_b))
+        table.add_row(*_texts(display_name(row.layer), *numbers, _glyphs(row.phases_a), _glyphs(row.phases_b)))
     return table
 
 

@@ -1,7 +1,14 @@
-"""Text shared by the terminal and HTML views: names, numbers and the run facts above a report."""
+"""Text shared by the terminal and HTML views: names, numbers and the run facts above a report.
+
+Every name and value that comes from a run (layer names, ``run.json`` values, paths) goes through
+`literal` before it is shown: control characters (terminal escape sequences, bidirectional
+overrides) are replaced by visible escapes such as ``\\x1b``, so nothing in a log can drive the
+terminal. The terminal view also shows them as rich ``Text``, never as markup.
+"""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -10,14 +17,33 @@ import numpy as np
 if TYPE_CHECKING:  # pragma: no cover
     from ndtracker.reports.model import Comparison, Report
 
-__all__ = ["MODEL_NAME", "display_name", "number", "info_lines", "steps_line", "comparison_lines"]
+__all__ = [
+    "MODEL_NAME", "literal", "display_name", "number", "info_lines", "steps_line", "comparison_lines",
+]  # fmt: skip
 
 MODEL_NAME = "(model)"  # how the model itself (layer name "") is shown
+# C0 and C1 controls, DEL, bidirectional embeddings, overrides and isolates, lone surrogates
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
 
 
-def display_name(layer: str) -> str:
-    """Return how a layer is shown: its name, or ``(model)`` for a model tracked as a whole (``""``)."""
-    return layer if layer else MODEL_NAME
+def literal(text: object) -> str:
+    r"""Return ``str(text)`` with every control character replaced by a visible escape.
+
+    Example:
+        >>> literal("fc\x1b[2J")
+        'fc\\x1b[2J'
+    """
+    return _UNSAFE.sub(_escape, str(text))
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def display_name(layer: str | None) -> str:
+    """Return how a layer is shown: its name (literally), or ``(model)`` for the model itself (``""``)."""
+    return literal(layer) if layer else MODEL_NAME
 
 
 def number(value: Any) -> str:
@@ -34,7 +60,8 @@ def info_lines(rep: Report) -> list[tuple[str, str]]:
     """
     info = rep.run
     version = info.get("ndtracker_version", "?")
-    tracked = len(info.get("layers", [])) or "?"
+    layers = info.get("layers")
+    tracked = (len(layers) if isinstance(layers, list) else 0) or "?"
     lines = [("run", f"{rep.run_id}  ({_folder_name(rep.run_dir)})")]
     lines.append(("started", str(info.get("started", "?"))))
     lines.append(("model", f"{info.get('model', '?')}, ndtracker {version}"))
@@ -44,7 +71,7 @@ def info_lines(rep: Report) -> list[tuple[str, str]]:
     if loss.size:
         first, last = (f"{number(loss[i])} at step {steps[i]}" for i in (0, -1))
         lines.append(("loss", f"{first} -> {last}"))
-    return lines + [("metric", rep.metric)]
+    return [(key, literal(value)) for key, value in lines + [("metric", rep.metric)]]
 
 
 def steps_line(rep: Report) -> str:
@@ -52,8 +79,9 @@ def steps_line(rep: Report) -> str:
     ranges = [(int(s.steps[0]), int(s.steps[-1])) for s in rep.series if s.steps.size]
     low, high = min((a for a, _ in ranges), default=0), max((b for _, b in ranges), default=0)
     samples = max((s.steps.size for s in rep.series), default=0)
-    every = rep.run.get("options", {}).get("every", "?")
-    return f"{low}-{high}, every {every}, {samples} samples"
+    options = rep.run.get("options")
+    every = options.get("every", "?") if isinstance(options, dict) else "?"
+    return literal(f"{low}-{high}, every {every}, {samples} samples")
 
 
 def _folder_name(run_dir: str) -> str:
@@ -66,5 +94,5 @@ def comparison_lines(comparison: Comparison) -> list[str]:
     lines = []
     for label, rep in (("A", comparison.a), ("B", comparison.b)):
         model = rep.run.get("model", "?")
-        lines.append(f"{label}: run {rep.run_id} ({rep.run_dir}), {model}, steps {steps_line(rep)}")
+        lines.append(literal(f"{label}: run {rep.run_id} ({rep.run_dir}), {model}, steps {steps_line(rep)}"))
     return lines

@@ -39,8 +39,11 @@ def activation_matrix(
     Returns:
         A 2-D float32 tensor on ``output.device``. With ``center=False`` it may share memory with
         ``output`` (a float32 ``(B, F)`` output under the row cap comes back as a view).
+
+    Raises:
+        TypeError: ``output`` is complex (casting it would measure its real part only).
     """
-    x = output.detach()
+    x = _real(output.detach())
     if x.dim() == 0:
         x = x.reshape(1, 1)
     elif x.dim() == 1:
@@ -98,8 +101,20 @@ def subsample_rows(
     return x.index_select(0, index)
 
 
+def _real(x: torch.Tensor) -> torch.Tensor:
+    """``x`` itself; a complex tensor raises (a cast to float32 would silently drop its imaginary part)."""
+    if x.is_complex():
+        raise TypeError(f"complex tensors ({x.dtype}) are not measured: their spectra need the "
+                        "conjugate Gram matrix; leave this layer out with layers=[...]")  # fmt: skip
+    return x
+
+
 def weight_matrix(weight: torch.Tensor) -> torch.Tensor:
-    """Reshape a weight to float32 ``(out, in·k·k)``; a 1-D weight becomes one row. Not centred."""
-    w = weight.detach()
+    """Reshape a weight to float32 ``(out, in·k·k)``; a 1-D weight becomes one row. Not centred.
+
+    Raises:
+        TypeError: The weight is complex (as for `activation_matrix`).
+    """
+    w = _real(weight.detach())
     return w.reshape(1, -1).float() if w.dim() <= 1 else w.reshape(w.shape[0], -1).float()
 

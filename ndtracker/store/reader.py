@@ -1,10 +1,12 @@
 """Read the parts of one table of a run directory back into a single Arrow table.
 
 `load` and `read_table` (the read side of :mod:`ndtracker.store`): list the live parts
-(a compacted part hides the parts it covers), open them all before reading any (a part deleted by a
-concurrent compaction stays readable once open), read only the wanted columns with the strings
-dictionary-encoded, skip a damaged or foreign part with a warning naming it, and sort the rows
-when asked, after a cheap check that usually finds them in order already. This module imports no
+(a compacted part hides the parts it covers), read them one open file at a time (listing again
+when a concurrent compaction merged some away first), read only the wanted columns with the
+strings dictionary-encoded, skip a damaged or foreign part, a symlink or a FIFO with a warning
+naming it (never opening a FIFO, so never hanging), and sort the rows when asked, after a cheap
+check that usually finds them in order already. Rows repeated under one (run, step, layer, space)
+(a part copied under another name) are read once. This module imports no
 torch.
 """
 
@@ -14,7 +16,7 @@ import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import BinaryIO
 
 import numpy as np
 import pandas as pd
@@ -23,6 +25,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ndtracker.errors import NdtrackerError, SchemaError
+from ndtracker.store.files import RESOURCE_ERRORS, NotRegularFileError, open_regular
 from ndtracker.store.layout import PART_NAME, list_parts, read_run_info
 from ndtracker.store.runs import Selection, select_runs
 from ndtracker.store.schema import EVENTS_SCHEMA, METRICS_SCHEMA, NULLABLE_INTS, SCHEMA_VERSION, SORT_KEYS, VERSION_KEY
@@ -35,6 +38,11 @@ def read_parts(
 ) -> pa.Table:
     """Read the live parts of ``folder`` as one table of the ``names`` columns.
 
+    Parts are read one at a time, each closed before the next is opened, so a run of any number of
+    parts reads under any open-files limit. A part deleted by a concurrent compaction before it
+    was read is covered by the merged part that replaced it: the folder is listed again, the parts
+    read already and still live are kept, and only the new ones are read.
+
     Args:
         folder: ``RUN_DIR/metrics`` or ``RUN_DIR/events``.
         schema: The table's schema (`store.METRICS_SCHEMA` or `store.EVENTS_SCHEMA`).
@@ -44,51 +52,47 @@ def read_parts(
 
     Returns:
         The rows in the order written, string columns dictionary-encoded with one dictionary each.
+
+    Raises:
+        NdtrackerError: A part cannot be opened for want of file descriptors or memory (not damage:
+            the message says to raise the limit), or the folder kept changing.
+        SchemaError: A part was written with a newer schema version.
     """
     target = _encoded(pa.schema([schema.field(name) for name in names]))
-    opened = _open_parts(folder, runs, run_id, target)
-    try:
-        tables = [_read_part(path, part, target, run_id) for path, part in opened]
-    finally:
-        for _, part in opened:
-            if isinstance(part, pq.ParquetFile):
-                part.close()
-    kept = [table for table in tables if table is not None]
-    return pa.concat_tables(kept).unify_dictionaries() if kept else target.empty_table()
-
-
-def _open_parts(
-    folder: Path, runs: list[str], run_id: str | None, target: pa.Schema
-) -> list[tuple[Path, Any]]:
-    """Open every live part, listing again whenever a concurrent compaction deleted one first.
-
-    An open part stays readable after it is deleted, so once all are open the set is consistent.
-    Returns (path, ``ParquetFile``) pairs, or (path, error) for a file Parquet cannot open.
-    """
-    strings = [field.name for field in target if pa.types.is_dictionary(field.type)]
+    done: dict[str, pa.Table | None] = {}
     for _ in range(100):
-        opened: list[tuple[Path, Any]] = []
+        live = _live_parts(folder, runs, run_id)
         try:
-            for name in _live_parts(folder, runs, run_id):
-                opened.append((folder / name, _open(folder / name, strings)))
-            return opened
-        except FileNotFoundError:
-            for _, part in opened:
-                if isinstance(part, pq.ParquetFile):
-                    part.close()
+            for name in live:
+                if name not in done:
+                    done[name] = _read_part(folder / name, target, run_id)
+        except FileNotFoundError:  # merged away meanwhile: the new listing has the merged part
+            continue
+        kept = [done[name] for name in live if done[name] is not None]
+        return pa.concat_tables(kept).unify_dictionaries() if kept else target.empty_table()
     raise NdtrackerError(f"the parts in {folder} kept changing while being read; try again")
 
 
-def _open(path: Path, strings: list[str]) -> pq.ParquetFile | Exception:
+def _open(path: Path) -> BinaryIO | None:
+    """Open a part if it is a regular file; None, with a warning naming it, when it cannot be.
+
+    Raises:
+        FileNotFoundError: It was deleted since the listing.
+        NdtrackerError: Too many open files (or no memory) to open it: not the part's fault.
+    """
     try:
-        try:
-            return pq.ParquetFile(path, read_dictionary=strings)
-        except KeyError:  # a string column is missing: open it as is, `_read_part` says which
-            return pq.ParquetFile(path)
+        return open_regular(path)
     except FileNotFoundError:
         raise
-    except (pa.ArrowException, OSError) as error:
-        return error
+    except NotRegularFileError as error:
+        _skip(path, f"it is {error.strerror}")
+    except OSError as error:
+        if error.errno in RESOURCE_ERRORS:
+            raise NdtrackerError(f"cannot open {path}: {error.strerror}; the part is not damaged: "
+                                 "raise the open-files limit (ulimit -n) or close files and try "
+                                 "again") from None  # fmt: skip
+        _skip(path, f"it cannot be opened ({error.strerror or error})")
+    return None
 
 
 def _encoded(schema: pa.Schema) -> pa.Schema:
@@ -122,23 +126,32 @@ def _uncovered(spans: list[tuple[int, int, str]]) -> list[str]:
     return live
 
 
-def _read_part(
-    path: Path, part: pq.ParquetFile | Exception, target: pa.Schema, run_id: str | None
-) -> pa.Table | None:
-    """Read one opened part as ``target``; None, with a warning naming the file, when it is damaged."""
-    try:
-        if isinstance(part, Exception):
-            raise part
-        _check_version(part.schema_arrow, path)
-        missing = [name for name in target.names if name not in part.schema_arrow.names]
-        if missing:
-            _skip(path, f"it is not an ndtracker part (no column {missing[0]!r})")
-            return None
-        table = part.read(columns=target.names)
-    except (pa.ArrowException, OSError) as error:
-        _skip(path, f"it is not a readable Parquet file ({error})")
+def _read_part(path: Path, target: pa.Schema, run_id: str | None) -> pa.Table | None:
+    """Read one part as ``target``; None, with a warning naming the file, when it is damaged."""
+    handle = _open(path)
+    if handle is None:
         return None
-    return _conform(table, target, path, run_id)
+    strings = [field.name for field in target if pa.types.is_dictionary(field.type)]
+    with handle:
+        try:
+            table = _read_open(handle, path, target, strings)
+        except (pa.ArrowException, OSError) as error:
+            _skip(path, f"it is not a readable Parquet file ({error})")
+            return None
+    return None if table is None else _conform(table, target, path, run_id)
+
+
+def _read_open(handle: BinaryIO, path: Path, target: pa.Schema, strings: list[str]) -> pa.Table | None:
+    try:
+        part = pq.ParquetFile(handle, read_dictionary=strings)
+    except KeyError:  # a string column is missing: open it as is to say which
+        part = pq.ParquetFile(handle)
+    _check_version(part.schema_arrow, path)
+    missing = [name for name in target.names if name not in part.schema_arrow.names]
+    if missing:
+        _skip(path, f"it is not an ndtracker part (no column {missing[0]!r})")
+        return None
+    return part.read(columns=target.names)
 
 
 def _conform(table: pa.Table, target: pa.Schema, path: Path, run_id: str | None) -> pa.Table | None:
@@ -162,19 +175,21 @@ def _check_version(schema: pa.Schema, path: Path) -> None:
 
 
 def _skip(path: Path, why: str) -> None:
-    warnings.warn(f"skipping {path}: {why}", RuntimeWarning, stacklevel=5)
+    warnings.warn(f"skipping {path}: {why}", RuntimeWarning, stacklevel=6)
 
 
-def sort_rows(table: pa.Table, runs: list[str]) -> pa.Table:
-    """Sort rows by (run, step, layer, space), stably; a table already in that order is returned as is.
+def sort_rows(table: pa.Table, runs: list[str], sort: bool = True) -> pa.Table:
+    """Sort rows by (run, step, layer, space), stably, and keep the first of rows with equal keys.
 
     Args:
         table: Rows with ``run_id``, ``step``, ``layer`` and ``space`` columns, strings
             dictionary-encoded with one dictionary per column (``Table.unify_dictionaries``).
         runs: Run ids in the order their rows should come (by start time); others go last.
+        sort: With False the rows keep their order; only the repeats are dropped.
 
     Returns:
-        The sorted table. A log written by one writer is in order, which costs one pass over the keys.
+        The table. A log written by one writer is in order and has no repeat, which costs one pass
+        over the keys.
     """
     if table.num_rows < 2:
         return table
@@ -185,8 +200,29 @@ def sort_rows(table: pa.Table, runs: list[str]) -> pa.Table:
         _codes(table["space"]),
     ]
     if _in_order(keys):
-        return table
-    return table.take(np.lexsort(keys[::-1]))  # stable; the last key is the primary one
+        return _first_of_each(table, keys)
+    order = np.lexsort(keys[::-1])  # stable: the first of equal rows stays first
+    repeat = _repeats([key[order] for key in keys])  # in sorted order
+    if sort:
+        table, keep = table.take(order), ~repeat
+    else:
+        keep = np.ones(table.num_rows, bool)
+        keep[order[repeat]] = False
+    return table if keep.all() else table.filter(pa.array(keep))
+
+
+def _first_of_each(table: pa.Table, keys: list[np.ndarray]) -> pa.Table:
+    """Drop the rows whose keys equal the previous row's (the keys are in order)."""
+    repeat = _repeats(keys)
+    return table if not repeat.any() else table.filter(pa.array(~repeat))
+
+
+def _repeats(keys: list[np.ndarray]) -> np.ndarray:
+    """Per row, whether every key equals the previous row's (False for the first row)."""
+    same = np.ones(len(keys[0]) - 1, bool)
+    for key in keys:
+        same &= key[1:] == key[:-1]
+    return np.concatenate([[False], same])
 
 
 def _in_order(keys: list[np.ndarray]) -> bool:
@@ -282,7 +318,8 @@ def read_table(
         run_dir, run_id, events, columns: As for `load` (no warning about runs left out).
         sort: Sort as `load` does (default). With False the rows come in the order they were
             written (each run's parts in turn), which saves the sort's time and memory on a long
-            run when the caller groups the rows itself.
+            run when the caller groups the rows itself. Either way a row repeated under the same
+            (run, step, layer, space), as from a part copied under another name, is read once.
 
     Returns:
         The table; its string columns are ``dictionary<int32, string>`` with one dictionary each.
@@ -301,7 +338,7 @@ def _read(
     schema = EVENTS_SCHEMA if events else METRICS_SCHEMA
     wanted = _check_columns(columns, schema)
     runs = [str(run.get("run_id")) for run in entries]
-    names = list(dict.fromkeys([*(SORT_KEYS if sort else SORT_KEYS[:2]), *wanted]))
+    names = list(dict.fromkeys([*SORT_KEYS, *wanted]))
     folder = Path(run_dir) / ("events" if events else "metrics")
     if len(selection.runs) == len(entries) and not selection.stitched:  # every run: one pass
         tables = [read_parts(folder, schema, runs, None, names)]
@@ -309,7 +346,7 @@ def _read(
         tables = [_until(read_parts(folder, schema, runs, one, names), stop)
                   for one, stop in zip(selection.run_ids, selection.until)]  # fmt: skip
     table = pa.concat_tables(tables).unify_dictionaries() if len(tables) > 1 else tables[0]
-    return (sort_rows(table, runs) if sort else table).select(wanted)
+    return sort_rows(table, runs, sort).select(wanted)
 
 
 def _until(table: pa.Table, stop: int | None) -> pa.Table:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,15 +52,29 @@ class TrackedLayer:
     streams: dict[str, StreamingSpectrum] = field(default_factory=dict)
     capture: torch.Tensor | None = None
     captured_in_training: bool = False
+    root: Any = field(default=None, repr=False)  # weakref.ref to the model, to see a replacement
 
     @property
     def weight(self) -> torch.Tensor | None:
         """The parameter measured as the weight space (see :func:`layer_weight`), or None.
 
         Looked up on every call, so a parameter replaced after the Tracker was built (weights tied
-        later, ``model.to(...)`` with swapped tensors) is the one measured.
+        later, ``model.to(...)`` with swapped tensors) is the one measured. None, too, once the
+        module was replaced in the model (its orphaned weight no longer trains) and for a complex
+        weight (see :func:`unmeasured_weight`).
         """
-        return layer_weight(self.module)
+        return None if self.unmeasured_weight() else layer_weight(self.module)
+
+    def unmeasured_weight(self) -> str | None:
+        """Why this layer's weight is not measured (replaced module, complex weight), or None."""
+        model = self.root() if self.root is not None else None
+        if model is not None and _submodule(model, self.name) is not self.module:
+            return (f"layer {self.name!r} was replaced in the model after the Tracker was built; "
+                    "its old module is no longer measured (build a new Tracker to track the new one)")
+        weight = layer_weight(self.module)
+        if weight is not None and weight.is_complex():
+            return f"its weight is complex ({weight.dtype}); complex weights are not measured"
+        return None
 
     def clear(self) -> None:
         """Drop the capture of the current sample."""
@@ -101,7 +116,7 @@ def select_layers(
             f"no trackable layer in {type(model).__name__}: it has no Linear, Conv, attention or RNN "
             f"module and no leaf module with a 2-D weight; pass layers=[...] to choose modules"
         )
-    return [_make_layer(name, module) for name, module in chosen]
+    return [_make_layer(name, module, model) for name, module in chosen]
 
 
 def cap_layers(chosen: list[tuple[str, Any]], max_layers: int | None) -> tuple[list[tuple[str, Any]], str | None]:
@@ -224,8 +239,23 @@ def _no_match_message(entry: LayerSpec, model: nn.Module, named) -> str:
     )
 
 
-def _make_layer(name: str, module: nn.Module) -> TrackedLayer:
-    return TrackedLayer(name, module, isinstance(module, _CHANNELS_FIRST))
+def _make_layer(name: str, module: nn.Module, model: nn.Module) -> TrackedLayer:
+    return TrackedLayer(name, module, isinstance(module, _CHANNELS_FIRST), root=weakref.ref(model))
+
+
+def _submodule(model: nn.Module, name: str) -> nn.Module | None:
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        return None
+
+
+def warn_unmeasured(layers: list[TrackedLayer], warn) -> None:
+    """Warn (once per layer, through ``warn``) about each layer whose weight is not measured."""
+    for layer in layers:
+        why = layer.unmeasured_weight()
+        if why:
+            warn(layer.name, "weight", why)
 
 
 def layer_weight(module: nn.Module) -> torch.Tensor | None:

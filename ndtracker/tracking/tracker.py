@@ -24,7 +24,9 @@ from torch import nn
 from ndtracker import store
 from ndtracker.checks import boolean, non_negative_int, optional_positive_int, positive_int, positive_seconds
 from ndtracker.tracking.capture import Capturer
-from ndtracker.tracking.layers import DEFAULT_MAX_LAYERS, LayerSpec, recompile_with_hooks, select_layers, unwrapped
+from ndtracker.tracking.layers import (
+    DEFAULT_MAX_LAYERS, LayerSpec, recompile_with_hooks, select_layers, unwrapped, warn_unmeasured,
+)
 from ndtracker.tracking.sample import log_row, loss_value, measure_jobs, sample_jobs
 from ndtracker.tracking.options import DEFAULT_MAX_BUFFER_ROWS, check_options
 from ndtracker.tracking.sinks import Sink, SinkFanout
@@ -314,6 +316,8 @@ class Tracker:
         step, now = self._step, time.time()
         try:
             with_weights = self._options.weights_at(step)
+            if with_weights:  # a replaced module or a complex weight: say why no weight row
+                warn_unmeasured(self._layers, self._warn_once)
             jobs, keys = sample_jobs(self._layers, self._options, with_weights, self._warn_once)
             results = measure_jobs(jobs, keys, self._warn_once)
             loss = loss_value(loss, self._warn_once)  # read after the measurement's transfer: no extra GPU stall

@@ -19,7 +19,7 @@ import pytest
 from store_rows import empty_metrics, expected, grid, no_duplicates, parts, write
 
 from ndtracker import store
-from ndtracker.store import writer as writing
+from ndtracker.store import compaction
 
 
 # ------------------------------------------------------------------------------ flushing
@@ -95,12 +95,13 @@ def test_parts_are_readable_by_duckdb(tmp_path):
 
 
 def test_compaction_leaves_few_files_and_every_row_once(tmp_path, monkeypatch):
-    monkeypatch.setattr(writing, "FANOUT", 4)
+    monkeypatch.setattr(compaction, "FANOUT", 4)
     writer = store.RunWriter(tmp_path, run_info={}, flush_secs=3600)
     chunks = [grid([step]) for step in range(100)]
     for chunk in chunks:
         writer.append(chunk)
         writer.flush()
+    assert writer._run.compactor.settle()  # merges run on their own thread
     assert len(parts(tmp_path)) <= 3 * 4  # at most FANOUT - 1 parts per level
     pd.testing.assert_frame_equal(store.load(tmp_path), expected(sum(chunks, []), writer.run_id))
     writer.close()
@@ -109,16 +110,18 @@ def test_compaction_leaves_few_files_and_every_row_once(tmp_path, monkeypatch):
 
 
 def test_a_failed_merge_warns_once_and_is_retried_at_close(tmp_path, monkeypatch):
-    monkeypatch.setattr(writing, "FANOUT", 2)
-    merge = writing._merge
-    monkeypatch.setattr(writing, "_merge", lambda *args: failing_write_table())
+    monkeypatch.setattr(compaction, "FANOUT", 2)
+    monkeypatch.setattr(compaction, "RETRY_SECS", 3600)  # no retry before close
+    merge = compaction.merge
+    monkeypatch.setattr(compaction, "merge", lambda *args: failing_write_table())
     writer = store.RunWriter(tmp_path, run_info={}, flush_secs=3600)
-    with pytest.warns(RuntimeWarning, match="could not merge the parts.*tries again at close") as caught:
+    with pytest.warns(RuntimeWarning, match="could not merge the parts.*tries again in .* and at close") as caught:
         for step in range(6):
             writer.append(grid([step]))
             writer.flush()
+            assert writer._run.compactor.settle()
     assert len(caught) == 1 and len(parts(tmp_path)) == 6
-    monkeypatch.setattr(writing, "_merge", merge)
+    monkeypatch.setattr(compaction, "merge", merge)
     writer.close()
     assert len(parts(tmp_path)) == 1 and len(store.load(tmp_path)) == 24
 
@@ -142,7 +145,7 @@ def test_crash_between_merge_and_delete_duplicates_nothing(tmp_path):
 
 
 def test_loads_during_writes_and_compactions_never_see_a_row_twice(tmp_path, monkeypatch):
-    monkeypatch.setattr(writing, "FANOUT", 2)
+    monkeypatch.setattr(compaction, "FANOUT", 2)
     writer = store.RunWriter(tmp_path, run_info={}, flush_secs=3600)
     done = threading.Event()
 
@@ -198,7 +201,8 @@ def test_a_deleted_run_directory_is_warned_about_and_recreated(tmp_path):
         writer.flush()
         writer.flush()
     run_dir.unlink()
-    writer.flush()
+    with pytest.warns(RuntimeWarning, match="restored the entry of run"):
+        writer.flush()
     writer.close()
     assert store.load(run_dir)["step"].tolist() == [5] * 4
     assert [run["run_id"] for run in store.read_run_info(run_dir)] == [writer.run_id]
