@@ -17,6 +17,7 @@ written, ``$\\frac$`` cannot break the page).
 
 from __future__ import annotations
 
+import html
 import io
 import re
 from collections.abc import Sequence
@@ -151,7 +152,11 @@ def heatmap_figure(
     extent = (edges[0], edges[-1], len(layers) - 0.5, -0.5)
     image = ax.imshow(grid, aspect="auto", interpolation="nearest", extent=extent, cmap="viridis",
                       norm=_color_scale(grid))  # fmt: skip
-    ax.set_yticks(range(len(layers)), [label(name) for name in _tick_labels(layers)], fontsize=6.5)
+    ticks = ax.set_yticks(range(len(layers)), [label(name) for name in _tick_labels(layers)], fontsize=6.5)
+    cut = {f"{salt}-name-{i}": name for i, name in enumerate(layers) if len(name) > MAX_LABEL}
+    for i, tick in enumerate(ticks):
+        if f"{salt}-name-{i}" in cut:
+            tick.set_gid(f"{salt}-name-{i}")
     ax.set_title(label(title), fontsize=9, loc="left")
     ax.set_xlabel("step", fontsize=8)
     ax.tick_params(axis="x", labelsize=8)
@@ -162,7 +167,19 @@ def heatmap_figure(
         bar.ax.minorticks_off()
     bar.ax.yaxis.set_major_formatter(FormatStrFormatter("%.3g"))
     bar.ax.tick_params(labelsize=7)
-    return to_svg(fig, salt)
+    return with_titles(to_svg(fig, salt), cut)
+
+
+def with_titles(svg: str, titles: dict[str, str]) -> str:
+    """Give the SVG groups with these ids a ``<title>``: the full text shown on hover.
+
+    Args:
+        svg: The figure's SVG markup.
+        titles: Group id to full text (escaped here).
+    """
+    for gid, text in titles.items():
+        svg = svg.replace(f'<g id="{gid}">', f'<g id="{gid}"><title>{html.escape(literal(text))}</title>', 1)
+    return svg
 
 
 def layer_figure(

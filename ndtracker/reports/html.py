@@ -18,6 +18,7 @@ from rich.progress import Progress
 
 from ndtracker.reports import figures
 from ndtracker.store.files import atomic_write
+from ndtracker.reports.story import GLOSSARY, layer_label, story_lines
 from ndtracker.reports.text import comparison_lines, display_name, info_lines, number
 from ndtracker.vocabulary import SPACES
 
@@ -61,7 +62,7 @@ def write_page(title: str, sections: list[str], path: str | Path | None) -> str:
 
 def report_sections(rep: Report, bar: Progress) -> list[str]:
     """Return the HTML sections of a report: facts, overview plots, summary, layers, tables."""
-    sections = [_info(rep), *_overview(rep), _summary(rep)]
+    sections = [_info(rep), _story(rep), *_overview(rep), _summary(rep)]
     return sections + _layers(rep, bar) + _tables(rep)
 
 
@@ -87,6 +88,12 @@ def _info(rep: Report) -> str:
     rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in info_lines(rep))
     notes = "".join(f'<p class="note">warning: {html.escape(note)}</p>' for note in rep.notes)
     return f'<table class="info">{rows}</table>\n{notes}'
+
+
+def _story(rep: Report) -> str:
+    items = "".join(f"<li>{html.escape(line)}</li>" for line in story_lines(rep))
+    terms = "".join(f"<dt>{html.escape(kind)}</dt><dd>{html.escape(text)}</dd>" for kind, text in GLOSSARY.items())
+    return f"<h2>What happened</h2>\n<ul>{items}</ul>\n<details><summary>What the labels mean</summary><dl>{terms}</dl></details>"
 
 
 def _overview(rep: Report) -> list[str]:
@@ -118,7 +125,8 @@ def _summary(rep: Report) -> str:
     columns = ["layer", "space", "samples", "nonfinite", "first", "last", "min", "max"]
     columns += ["phases", "jumps"]
     links = (f'<a href="#layer-{i}">{html.escape(display_name(n))}</a>' for i, n in enumerate(rep.layers))
-    return f"<h2>Summary</h2>\n<nav>{' '.join(links)}</nav>\n" + html_table(_shown(rep.summary[columns]))
+    table = rep.summary[columns].assign(layer=rep.summary["layer"].map(lambda name: layer_label(rep, name)))
+    return f"<h2>Summary</h2>\n<nav>{' '.join(links)}</nav>\n" + html_table(table)
 
 
 def _layers(rep: Report, bar: Progress) -> list[str]:
@@ -131,12 +139,12 @@ def _layers(rep: Report, bar: Progress) -> list[str]:
     for i, layer in enumerate(bar.track(rep.layers, description="drawing layers")):
         curves = [(figures.Curve(s.steps, s.values, s.space), _marks(rep, s)) for s in by_layer[layer]]
         svg = figures.layer_figure(display_name(layer), curves, rep.metric, xlim, f"layer-{i}")
-        parts.append(_section(i, layer, svg))
+        parts.append(_section(i, layer_label(rep, layer), svg))
     return parts
 
 
-def _section(i: int, layer: str, svg: str) -> str:
-    return f'<h3 id="layer-{i}">{html.escape(display_name(layer))}</h3>\n{_figure(svg)}'
+def _section(i: int, label: str, svg: str) -> str:
+    return f'<h3 id="layer-{i}">{html.escape(label)}</h3>\n{_figure(svg)}'
 
 
 def _marks(rep: Report, series: Series) -> Any:
@@ -217,7 +225,7 @@ def _compare_figures(comparison: Comparison, bar: Progress) -> list[str]:
     parts.append(f"<h2>Layers: {html.escape(a.metric)}</h2>")
     for i, layer in enumerate(bar.track(comparison.layers, description="drawing layers")):
         svg = figures.compare_figure(display_name(layer), _pairs(a, b, layer), a.metric, f"cmp-{i}")
-        parts.append(_section(i, layer, svg))
+        parts.append(_section(i, layer_label(a, layer), svg))
     return parts
 
 

@@ -18,7 +18,7 @@ from ndtracker.reports.text import display_name, literal, number
 if TYPE_CHECKING:  # pragma: no cover
     from ndtracker.reports.model import Report, Series
 
-__all__ = ["Finding", "findings", "story_lines", "layer_label", "GLOSSARY", "MAX_FINDINGS"]
+__all__ = ["Finding", "findings", "story_lines", "layer_label", "GLOSSARY", "LEGEND", "MAX_FINDINGS"]
 
 MAX_FINDINGS = 12  # sentences at most at the top of a report, largest changes first
 PER_SERIES = 2  # phases of change told per layer and space, at most
@@ -34,6 +34,11 @@ GLOSSARY: dict[str, str] = {
     "jump": "an abrupt, persistent level shift between two samples (a learning-rate step, a "
     "restart, an instability, or a sudden change in what the layer encodes)",
 }
+
+LEGEND = (
+    "collapse: fewer directions carry the layer's signal; expansion: more; stabilization: no change "
+    "beyond the noise; jump: an abrupt lasting shift. See the README's \"What the phases mean\"."
+)
 
 
 @dataclass(frozen=True)

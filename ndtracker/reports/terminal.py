@@ -20,6 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 from rich.table import Table
 from rich.text import Text
 
+from ndtracker.reports.story import LEGEND, layer_label, story_lines
 from ndtracker.reports.text import comparison_lines, display_name, info_lines, literal, number
 from ndtracker.vocabulary import SPACES
 
@@ -52,10 +53,18 @@ def progress_bar(enabled: bool) -> Iterator[Progress]:
 
 
 def report_view(rep: Report) -> RenderableType:
-    """Return the terminal summary of a report: run facts, one table per space, warnings."""
+    """Return the terminal summary of a report: run facts, the story, one table per space, warnings."""
     tables = [part for table in _space_tables(rep) for part in (Text(), table)]
     notes = [Text(f"warning: {literal(note)}", style="yellow") for note in rep.notes]
-    return Group(_header(rep), *tables, *notes)
+    return Group(_header(rep), Text(), *_story(rep), *tables, *notes)
+
+
+def _story(rep: Report) -> list[Text]:
+    """``What happened``: one line per main change, then what the labels mean in one line."""
+    lines = [Text("What happened", style="bold")]
+    lines += [Text(f"  • {line}") for line in story_lines(rep)]
+    lines.append(Text(f"  ({LEGEND})", style="dim"))
+    return lines
 
 
 def _header(rep: Report) -> Table:
@@ -78,7 +87,7 @@ def _space_tables(rep: Report) -> list[Table]:
 
 def _space_table(rep: Report, space: str, rows: pd.DataFrame) -> Table:
     table = Table(title=Text(literal(f"{space} space: {rep.metric}")), title_justify="left", expand=True)
-    _add_layer_column(table, rows["layer"])
+    _add_layer_column(table, [layer_label(rep, name) for name in rows["layer"]])
     for name in ("first", "last", "min", "max"):
         table.add_column(name, justify="right", no_wrap=True)
     table.add_column("phases (steps)", ratio=1)
@@ -88,13 +97,13 @@ def _space_table(rep: Report, space: str, rows: pd.DataFrame) -> Table:
     for row in rows.itertuples(index=False):
         numbers = [number(getattr(row, name)) for name in ("first", "last", "min", "max")]
         cells = [_phase_text(phases.get(row.layer)), _jump_text(jumps.get(row.layer))]
-        table.add_row(*_texts(display_name(row.layer), *numbers, *cells))
+        table.add_row(*_texts(layer_label(rep, row.layer), *numbers, *cells))
     return table
 
 
 def _add_layer_column(table: Table, names: Any) -> None:
     """A layer column wide enough for names of up to 24 characters on one line; longer ones fold."""
-    widest = max((len(display_name(name)) for name in names), default=5)
+    widest = max((len(name) for name in names), default=5)
     table.add_column("layer", overflow="fold", min_width=min(widest, 24))
 
 

@@ -300,8 +300,25 @@ def read_run_info(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
     runs += [_implied_run(run_id) for run_id in sorted(_part_runs(root) - known)]
     if doc is None and not runs:
         raise RunNotFoundError(f"{str(run_dir)!r} holds no ndtracker run (no valid run.json and "
-                               "no parts); pass the log_dir a Tracker wrote to")  # fmt: skip
+                               f"no parts); {_where_runs_are(root)}")  # fmt: skip
     return sorted(runs, key=lambda run: str(run.get("started", "")))
+
+
+def _where_runs_are(root: Path) -> str:
+    children = child_runs(root)
+    if not children:
+        return "pass the log_dir a Tracker wrote to"
+    listed = ", ".join(str(root / name) for name in children)
+    return f"the runs below it are in: {listed}; pass one of them"
+
+
+def child_runs(folder: str | os.PathLike, limit: int = 12) -> list[str]:
+    """Names of the sub-folders of ``folder`` that hold a run (a ``run.json``), sorted, at most ``limit``."""
+    try:
+        children = sorted(entry.name for entry in os.scandir(folder) if entry.is_dir(follow_symlinks=False))
+    except OSError:
+        return []
+    return [name for name in children if (Path(folder) / name / "run.json").is_file()][:limit]
 
 
 def find_run(runs: list[dict[str, Any]], run_id: str | None, run_dir: str | os.PathLike) -> dict[str, Any]:

@@ -13,12 +13,11 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from ndtracker.store.layout import find_run
 
-__all__ = ["ALL", "Selection", "select_runs", "child_runs"]
+__all__ = ["ALL", "Selection", "select_runs"]
 
 ALL = "all"
 
@@ -73,15 +72,6 @@ def select_runs(
     others = tuple(str(run.get("run_id")) for run in entries if id(run) not in picked)
     until = tuple(_start_step(nxt) for nxt in chosen[1:]) + (None,) if stitched else (None,) * len(chosen)
     return Selection(tuple(chosen), until, others, stitched)
-
-
-def child_runs(folder: str | os.PathLike, limit: int = 12) -> list[str]:
-    """Names of the sub-folders of ``folder`` that hold a run (a ``run.json``), sorted, at most ``limit``."""
-    try:
-        children = sorted(entry.name for entry in os.scandir(folder) if entry.is_dir(follow_symlinks=False))
-    except OSError:
-        return []
-    return [name for name in children if (Path(folder) / name / "run.json").is_file()][:limit]
 
 
 def _ids(run_id: str | Sequence[str]) -> list[str]:

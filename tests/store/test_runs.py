@@ -10,7 +10,8 @@ import torch
 import ndtracker
 from ndtracker import Tracker
 from ndtracker.errors import RunNotFoundError
-from ndtracker.store.runs import child_runs, select_runs
+from ndtracker.store.layout import child_runs
+from ndtracker.store.runs import select_runs
 from training_helpers import mlp
 
 
@@ -85,3 +86,9 @@ def test_child_runs_lists_run_folders(tmp_path):
     train(tmp_path / "exp1", 1)
     (tmp_path / "notes").mkdir()
     assert child_runs(tmp_path) == ["exp1", "exp2"]
+
+
+def test_a_parent_folder_of_runs_lists_them(tmp_path):
+    train(tmp_path / "exp1", 1)
+    with pytest.raises(RunNotFoundError, match=r"holds no ndtracker run .*the runs below it are in: .*exp1; pass one of them"):
+        ndtracker.load(tmp_path)
