@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 import time
 import warnings
 
@@ -106,7 +107,7 @@ def test_rows_copied_into_another_part_are_counted_once(tmp_path):
 
 TRACKED_CHILD = textwrap.dedent("""
     import sys, time, torch
-    sys.path.insert(0, "tests")
+    sys.path.insert(0, sys.argv[3])  # the tests folder, for training_helpers
     from training_helpers import mlp
     from ndtracker import Tracker
 
@@ -122,7 +123,8 @@ TRACKED_CHILD = textwrap.dedent("""
 
 def test_sigterm_flushes_a_tracker_like_close(tmp_path):
     ready = tmp_path / "ready"
-    child = subprocess.Popen([sys.executable, "-c", TRACKED_CHILD, str(tmp_path / "run"), str(ready)])
+    tests = str(Path(__file__).resolve().parent)
+    child = subprocess.Popen([sys.executable, "-c", TRACKED_CHILD, str(tmp_path / "run"), str(ready), tests])
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not ready.exists():
         time.sleep(0.05)
