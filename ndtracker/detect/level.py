@@ -17,11 +17,11 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 from numpy.typing import ArrayLike
 
 from ndtracker.detect.jumps import _jump_candidates, _JumpOptions
 from ndtracker.detect._robust import _BLOCK, _check, _check_steps, _clipped, _local_noise, _local_scale, _prepare
+from ndtracker.detect._robust import _running_median as _padded_running_median
 
 __all__ = ["smooth_level"]
 
@@ -53,8 +53,7 @@ def _running_median(y: np.ndarray, half: int) -> np.ndarray:
     if n <= 2 * half:
         starts, stops = _shrinking_windows(n, half)
         return np.array([np.median(y[a:b]) for a, b in zip(starts, stops)])
-    out = np.empty(n)
-    out[half : n - half] = np.partition(sliding_window_view(y, 2 * half + 1), half, axis=1)[:, half]
+    out = _padded_running_median(y, half)  # exact away from the ends
     for i in range(half):
         out[i] = np.median(y[: 2 * i + 1])
         out[n - 1 - i] = np.median(y[n - 1 - 2 * i :])

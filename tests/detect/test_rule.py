@@ -64,8 +64,10 @@ def test_no_trend_contains_a_jump_against_it() -> None:
     for p in phases:
         if p.kind == "collapse":
             assert not any(p.start < j.index < p.stop and j.direction > 0 for j in jumps)
-    assert [p.kind for p in phases] == ["collapse", "expansion", "collapse", "stabilization"]
-    assert phases[1].start <= 400 < phases[1].stop <= 405  # the jump is its own short expansion
+    # the jump is the boundary between two collapses; neither takes its change
+    assert [p.kind for p in phases] == ["collapse", "collapse", "stabilization"]
+    assert phases[0].stop == phases[1].start == 400
+    assert phases[0].end_level == pytest.approx(smooth_level(x)[399])
 
 
 @pytest.mark.parametrize("seed", range(3))
@@ -73,10 +75,11 @@ def test_every_phase_obeys_the_rule(seed: int) -> None:
     rng = np.random.default_rng(seed)
     x = np.cumsum(rng.normal(0, 1, 3000)) + 200 + noisy(np.zeros(3000), 2.0, seed)
     phases, jumps = phases_and_jumps(x)
-    level = smooth_level(x)
+    level, cuts = smooth_level(x), {j.index for j in jumps}
     for p in phases:
         assert p.start_level == pytest.approx(level[p.start])
-        assert p.end_level == pytest.approx(level[min(p.stop, x.size - 1)])
+        end = p.stop - 1 if p.stop == x.size or p.stop in cuts else p.stop  # the level before a jump
+        assert p.end_level == pytest.approx(level[end])
         assert p.relative_change == pytest.approx((p.end_level - p.start_level) / abs(p.start_level))
         if p.kind == "collapse":
             assert p.relative_change <= -0.05
