@@ -18,6 +18,7 @@ _TRIM = 0.1  # trimming tolerance: this fraction of the swing ...
 _TRIM_LEVEL = 0.4  # ... and at most this fraction of min_change of the level ...
 _BAND = 1.0  # a trend ends (starts) where its level comes within this many noise sd of the plateau's
 _FLAT = 0.5  # an end part is flat if slower than this fraction of its swing's mean pace
+_EDGE = 4  # the last samples' levels have shrunk windows (down to one sample): not a final extreme
 _CHUNK = 2048  # samples scanned at a time for a turn (doubling while none is found)
 
 
@@ -74,7 +75,7 @@ class _Scan:
             extreme, start = found
             swings.append((pivot, extreme, direction))
             direction, pivot = -direction, extreme
-        v = direction * self.level[start:hi]
+        v = direction * self.level[start : max(start + 1, hi - _EDGE)]  # not a one-sample level at the end
         swings.append((pivot, start + int(np.argmax(v)), direction))
         return swings
 
@@ -102,8 +103,8 @@ def trim(scan: _Scan, time: np.ndarray, swing: tuple[int, int, int], rounded: in
     Its start is the last sample still within ``tol`` of the first extreme, its end the first
     sample within ``tol`` of the last extreme, ``tol`` the smaller of a tenth of the swing and
     ``0.4 * min_change`` of the level; then each is moved to where the level comes within
-    ``_BAND`` noise sd of the plateau's median level (:func:`_settled_end`). An end part is cut off only if it is flat: slower than ``_FLAT`` of the swing's mean
-    pace (``time`` is the step, or position, of each sample), and longer than ``rounded`` samples
+    ``_BAND`` noise sd of the plateau's median level (:func:`_settled_end`). An end part is cut off only if it is flat: slower than ``_FLAT`` of the pace of the
+    part that moves (``time`` is the step, or position, of each sample), and longer than ``rounded`` samples
     (shorter ones are the smoothing's rounding of a kink).
     """
     level, sd = scan.level, scan.sd
@@ -113,13 +114,12 @@ def trim(scan: _Scan, time: np.ndarray, swing: tuple[int, int, int], rounded: in
     tol_a = _tolerance(size, level[a], scan.min_change)
     tol_b = _tolerance(size, level[b], scan.min_change)
     moved = direction * (level[a : b + 1] - level[a])
-    s = a + int(np.flatnonzero(moved <= tol_a)[-1])
-    s = _settled_start(level, sd, a, s, b, direction)
-    s = s if s - a > rounded and tol_a < _FLAT * pace * (time[s] - time[a]) else a
+    s = _settled_start(level, sd, a, a + int(np.flatnonzero(moved <= tol_a)[-1]), b, direction)
     left = direction * (level[b] - level[s : b + 1])
-    e = s + int(np.flatnonzero(left <= tol_b)[0])
-    e = _settled_end(level, sd, s, e, b, direction)
-    e = e if b - e > rounded and tol_b < _FLAT * pace * (time[b] - time[e]) else b
+    e = _settled_end(level, sd, s, s + int(np.flatnonzero(left <= tol_b)[0]), b, direction)
+    core = abs(level[e] - level[s]) / max(time[e] - time[s], 1e-300)  # the pace where it moves
+    s = s if s - a > rounded and tol_a < _FLAT * core * (time[s] - time[a]) else a
+    e = e if b - e > rounded and tol_b < _FLAT * core * (time[b] - time[e]) else b
     return _Trend(s, max(e, s + 1), pace, tol_a, tol_b)
 
 

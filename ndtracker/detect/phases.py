@@ -138,7 +138,11 @@ def _segments(rule: _Rule) -> list[tuple[int, int]]:
         start = 0 if trend.start <= _ROUNDED else trend.start  # the level's rounding at the ends
         end = level.size if level.size - trend.end <= _ROUNDED else trend.end
         spans.append((start, end, direction))
-    carried = {c for lo, hi, d in spans if _carries(rule, lo, hi, d) for c in rule.cuts if lo < c < hi}
+    carried: set[int] = set()
+    for k, (lo, hi, direction) in enumerate(spans):
+        if _carries(rule, lo, hi, direction):
+            carried.update(c for c in rule.cuts if lo < c <= hi)
+            spans[k] = (lo, min(level.size, hi + 1) if hi in rule.cuts else hi, direction)  # past a jump at its end
     free = rule.cuts - carried
     cuts = {0, level.size} | free | {_snap(free, c) for lo, hi, _ in spans for c in (lo, hi)}
     edges = sorted(c for c in cuts if 0 <= c <= level.size)
@@ -152,16 +156,18 @@ def _snap(jumps: set[int], cut: int) -> int:
 
 
 def _carries(rule: _Rule, lo: int, hi: int, direction: int) -> bool:
-    """Whether the trend ``[lo, hi)`` is one phase with the jumps inside it: it is a trend of its
+    """Whether the trend ``[lo, hi)`` is one phase with the jumps inside it (or at ``hi``, then it
+    ends one sample after that jump): it is a trend of its
     direction by the rule, no jump inside is against it, and the level moves that way between
     the jumps too, by ``min_change`` of its start level and a quarter of ``z`` noise sd (a jump with
     flat level on both sides is a boundary, not a trend)."""
-    inside = sorted(c for c in rule.cuts if lo < c < hi)
-    if not inside or rule.kind(lo, hi) != {1: "expansion", -1: "collapse"}[direction]:
+    inside = sorted(c for c in rule.cuts if lo < c <= hi)
+    last = min(hi + 1, rule.level.level.size) if hi in rule.cuts else hi  # a jump at its end: past it
+    if not inside or rule.kind(lo, last) != {1: "expansion", -1: "collapse"}[direction]:
         return False
     level, sd = rule.level.level, rule.level.sd
     edges = [lo, *inside, hi]
-    ends = [(a, rule.end(b)) for a, b in zip(edges, edges[1:])]
+    ends = [_inner(rule, a, b) for a, b in zip(edges, edges[1:]) if b > a]
     if any(direction * (level[j] - level[j - 1]) < 0 for j in inside):
         return False
     moved = direction * sum(level[b] - level[a] for a, b in ends)
@@ -213,6 +219,17 @@ def _joins(rule: _Rule, first: int, lo: int, hi: int, kind: PhaseKind, jumps: li
     if kind == "stabilization":
         return lo not in rule.cuts  # a jump between two flat stretches is a boundary
     return not _opposite(jumps, first - 1, hi, kind)
+
+
+def _inner(rule: _Rule, lo: int, hi: int) -> tuple[int, int]:
+    """The first and last sample of ``[lo, hi)`` to measure its move on: ``HALF_WIDTH`` samples
+    in from a jump or an end of the series, where the level has a full window (at the jump it is
+    the level of one sample, too noisy to carry a jump on), if the stretch is long enough."""
+    first, last = lo, rule.end(hi)
+    if hi - lo > 2 * HALF_WIDTH + 1:
+        first = lo + HALF_WIDTH if lo == 0 or lo in rule.cuts else lo
+        last = last - HALF_WIDTH if last == hi - 1 else last
+    return first, last
 
 
 def _to_phase(rule: _Rule, lo: int, hi: int, kind: PhaseKind, where: _Where) -> Phase:
