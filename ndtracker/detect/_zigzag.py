@@ -119,7 +119,7 @@ def trim(scan: _Scan, time: np.ndarray, swing: tuple[int, int, int], rounded: in
     e = _settled_end(level, sd, s, s + int(np.flatnonzero(left <= tol_b)[0]), b, direction)
     core = abs(level[e] - level[s]) / max(time[e] - time[s], 1e-300)  # the pace where it moves
     s = s if s - a > rounded and tol_a < _FLAT * core * (time[s] - time[a]) else a
-    e = e if b - e > rounded and tol_b < _FLAT * core * (time[b] - time[e]) else b
+    e = e if b > e and tol_b < _FLAT * core * (time[b] - time[e]) else b
     return _Trend(s, max(e, s + 1), pace, tol_a, tol_b)
 
 

@@ -213,6 +213,22 @@ def _merge(rule: _Rule, labelled: list[tuple[int, int, PhaseKind]], jumps: list[
     return labelled
 
 
+def _slow_stretches(rule: _Rule, labelled: list[tuple[int, int, PhaseKind]]) -> list[tuple[int, int, PhaseKind]]:
+    """Relabel a stabilization between two trends of one kind as that kind where it moves their
+    way by half of ``min_change`` (no jump at its ends): the slower stretch of one long trend,
+    whose own net change is within the noise of the level."""
+    out = list(labelled)
+    for k in range(1, len(out) - 1):
+        (_, _, before), (lo, hi, kind), (_, _, after) = out[k - 1], out[k], out[k + 1]
+        if kind != "stabilization" or before != after or lo in rule.cuts or hi in rule.cuts:
+            continue
+        sign = 1 if before == "expansion" else -1
+        a, b = rule.level.level[lo], rule.level.level[rule.end(hi)]
+        if sign * (b - a) >= 0.5 * rule.min_change * abs(a):
+            out[k] = (lo, hi, before)
+    return out
+
+
 def _joins(rule: _Rule, first: int, lo: int, hi: int, kind: PhaseKind, jumps: list[_Candidate]) -> bool:
     """Whether the stretch ``[first, lo)`` and the next one ``[lo, hi)``, both of ``kind``, make
     one phase: trends unless a jump against them lies between; stabilizations unless a jump does."""
@@ -271,6 +287,7 @@ def _phases_of_finite(
     time = where.positions.astype(float) if where.steps is None else where.steps[where.positions]
     rule = _Rule(level, time, opts.min_change, opts.trend_threshold, frozenset(c.t for c in jumps))
     labelled = _merge(rule, _split(rule, _segments(rule), jumps), jumps)
+    labelled = _merge(rule, _slow_stretches(rule, labelled), jumps)
     return [_to_phase(rule, lo, hi, kind, where) for lo, hi, kind in labelled]
 
 
@@ -333,7 +350,7 @@ def label_phases(
         >>> series = np.r_[np.linspace(100, 30, 100), np.linspace(30, 45, 400), np.full(500, 45.0)]
         >>> series = series + np.random.default_rng(0).normal(0, 1, 1000)
         >>> [(p.kind, p.start, p.stop) for p in label_phases(series)]
-        [('collapse', 0, 105), ('expansion', 105, 493), ('stabilization', 493, 1000)]
+        [('collapse', 0, 100), ('expansion', 100, 493), ('stabilization', 493, 1000)]
     """
     opts = _PhaseOptions(min_change, trend_threshold, penalty, resolution, min_length, max_points)
     jump_options = _JumpOptions(min_window=min_window, max_window=max(min_window, 64), noise_window=noise_window)

@@ -13,10 +13,6 @@ def noisy(clean: np.ndarray, sd: float, seed: int = 0) -> np.ndarray:
     return clean + np.random.default_rng(seed).normal(0, sd, clean.size)
 
 
-@pytest.mark.xfail(
-    reason="known limitation: on a long noisy plateau the collapse's end drifts to the plateau's noise "
-    "minimum (the trimming tolerance is 2 % of the level, not noise-aware); the start is right"
-)
 @pytest.mark.parametrize("seed", range(3))
 def test_collapse_in_the_first_samples_is_a_phase(seed: int) -> None:
     x = noisy(np.r_[np.full(4, 10.0), np.linspace(10, 4, 5), np.full(600, 4.0)], 0.1, seed)
