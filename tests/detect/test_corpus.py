@@ -101,13 +101,27 @@ def test_earlier_boundaries_do_not_move_when_the_run_goes_on(run: str, key: str)
     values = corpus(run)[1][key]
     half = values.size // 2
     short, full = label_phases(values[:half]), label_phases(values)
-    # Where each trend starts and ends (a trend's end settles on the median level of the plateau
-    # after it, so a plateau that goes on does not move it); phases near the cut may change.
+    # Where each trend starts, and where it ends if a plateau follows it to the cut (a trend's end
+    # settles on the median level of that plateau, so the plateau going on does not move it; the
+    # end of a trend that keeps moving slowly still may). Phases near the cut may change.
     settled = [p.start for p in short[1:] if p.start < half - 100 and p.kind != "stabilization"]
-    settled += [p.stop for p in short if p.stop < half - 100 and p.kind != "stabilization"]
+    level = smooth_level(values)
+    settled += [
+        p.stop for p in short
+        if p.stop < half - 100 and p.kind != "stabilization" and _plateau_after(level, p.stop, half)
+    ]  # fmt: skip
     edges = np.array([p.start for p in full] + [full[-1].stop])
     for edge in settled:
         assert np.min(np.abs(edges - edge)) <= 2, (edge, [(p.kind, p.start) for p in full[:10]])
+
+
+def _plateau_after(level: np.ndarray, end: int, half: int) -> bool:
+    """Whether the level from ``end`` to the end of the run stays flat: its median over each
+    tenth of that stretch within 1 % of the median of the first tenth (noise around a level)."""
+    rest = level[end:]
+    parts = np.array_split(rest, 10)
+    medians = np.array([np.median(part) for part in parts])
+    return bool(np.all(np.abs(medians - medians[0]) <= 0.01 * abs(medians[0])))
 
 
 # At every=10 the head's early collapse is one sample: a jump (-53 %) with the level flat before it
