@@ -7,8 +7,9 @@ symmetric and shrink at the ends of the series (and at each jump, when jumps are
 level at a sample depends only on the samples within ``2 * half_width`` of it: the level of the
 first samples does not change when the run goes on, and a collapse in the first samples stays
 sharp. Each level comes with its noise sd: an AR(1) noise
-model fitted to robust variances of second differences in the blocks of 64 samples around it
-(inflated for the autocorrelation), scaled by the window actually used.
+model fitted to robust variances of second differences at lags 1 to 8 in the blocks of 64 samples
+around it (inflated for the autocorrelation; longer lags would read a trend's curvature as
+autocorrelation), scaled by the window actually used.
 """
 
 from __future__ import annotations

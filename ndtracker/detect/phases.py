@@ -3,26 +3,37 @@
 A **phase** is a stretch of the series' smoothed level (:func:`~ndtracker.detect.smooth_level`,
 smoothed separately between jumps) with one direction. The rule every phase satisfies, with
 ``L`` the level, ``start_level = L[start]`` and ``end_level`` the level at the first sample after
-the phase (at the last sample for the last phase):
+the phase, or at its own last sample where a jump follows it or the series ends (the level
+*before* the jump: a phase that ends at a jump does not take the jump's change):
 
 - ``collapse`` (``expansion``): the level falls (rises) from ``start_level`` to ``end_level`` by at
   least ``min_change`` (5 %) of ``|start_level|``, and by at least ``trend_threshold`` (4) noise sd
   of that difference; no jump of the opposite sign lies inside it (``start < index < stop``).
 - ``stabilization``: every other stretch; its net change from ``start_level`` to ``end_level`` is
-  below ``min_change`` of the level or within the noise.
+  below ``min_change`` of the level or within the noise. No jump lies inside a stabilization:
+  a jump between two flat stretches is the boundary of two stabilizations.
 
-How phases are found: the level is scanned once, left to right, for its swings (a zig-zag): a
-swing ends at an extreme once the level has turned back from it by ``1.25 * min_change`` of the
-extreme and by ``trend_threshold`` noise sd. Each swing is then trimmed to where the level moves:
-its start is the last sample still within ``tol`` of the swing's first extreme, its end the first
-sample within ``tol`` of its last extreme, with ``tol`` the smaller of a tenth of the swing and
-``0.4 * min_change`` of the level (so the stabilization between two swings changes by less than
-``min_change``). A trend is split at any jump of the opposite sign inside it, each part
-relabelled by the rule, and neighbours of one kind are merged unless a jump of the opposite sign
-separates them. Everything is local: the level at a sample depends on the samples within 8 of it,
-noise on the 64-sample blocks around it, and a swing only on the samples since the previous
+A jump lies inside a trend only where the trend *carries* it: the level moves the trend's way on
+the jump's sides too (by ``min_change`` of the level, a quarter of ``trend_threshold`` noise sd),
+as in a collapse whose fastest step is a jump; a jump with flat level on both sides is a boundary.
+
+How phases are found: the level is scanned left to right for its swings (a zig-zag): a swing ends
+at an extreme once the level has turned back from it by ``1.25 * min_change`` of the extreme and
+by ``trend_threshold`` noise sd (numpy running extrema; Python only loops over the turns, so the
+cost is O(n)). Each swing is then trimmed to where the level moves: its start is the last sample
+within ``tol`` of the swing's first extreme, its end the first sample within ``tol`` of its last
+extreme (``tol`` the smaller of a tenth of the swing and ``0.4 * min_change`` of the level), and
+each is then settled on the plateau next to it: the end is the first sample within one noise sd
+of the plateau's median level (the extreme of a long noisy plateau is wherever its noise is
+deepest; its median is not, so the end does not drift as the plateau goes on). The series is cut
+at the trimmed ends and at each jump a trend does not carry; each stretch is labelled by the rule,
+a trend is split at any jump of the opposite sign inside it, a stabilization between two trends of
+one kind that moves their way by half of ``min_change`` joins them (the slower stretch of one
+trend), and neighbours of one kind are merged unless a jump separates them (for trends: a jump of
+the opposite sign). Everything is local: the level at a sample depends on the samples within 8 of
+it, noise on the 64-sample blocks around it, and a swing only on the samples since the previous
 extreme; so the labels of the first steps do not change when the run goes on, except the phase at
-the end. Cost: O(n) numpy work plus a Python loop over the local extremes of the level.
+the end.
 """
 
 from __future__ import annotations
@@ -60,8 +71,9 @@ class Phase:
             ``-min_change`` for a collapse, at least ``min_change`` for an expansion).
         slope: ``change`` per finite sample of the phase.
         start_level: Smoothed level at ``start``.
-        end_level: Smoothed level at ``stop`` (the first sample of the next phase), or at the last
-            sample for the last phase.
+        end_level: Smoothed level at ``stop`` (the first sample of the next phase), or at the
+            phase's last sample (``stop - 1``) where a jump starts the next phase or the series
+            ends: the level before the jump, smoothed on the phase's side of it.
         start_step: Training step of ``start`` where ``steps`` were given, else None.
         end_step: Training step of the phase's last sample (``stop - 1``) where ``steps`` were
             given, else None.
@@ -311,8 +323,9 @@ def label_phases(
     ``collapse`` (``expansion``) falls (rises) by at least ``min_change`` of its start level and
     ``trend_threshold`` noise sd, from its start level to its end level, and holds no jump of
     the opposite sign; a ``stabilization`` does not. A trend can be as short as one sample (a
-    collapse in the first samples is a phase); a jump is part of the phase it falls in, or a
-    boundary. Labels are local: extending the series does not move earlier boundaries (away
+    collapse in the first samples is a phase); a jump is part of a trend that carries it (the
+    level moves the trend's way beside it too), or a boundary, and a phase that ends at a jump
+    is measured up to the level before it. Labels are local: extending the series does not move earlier boundaries (away
     from its end), and sampling every 5 or every 10 steps gives the same phases in steps, to
     within the smoothing window.
 
@@ -338,8 +351,8 @@ def label_phases(
     Returns:
         Phases sorted by ``start``, covering ``[0, len(values))`` without gaps; ``[]`` for an
         empty input; a single ``stabilization`` phase when fewer than ``min_length`` values are
-        finite. Neighbours have different kinds, except two trends of one kind separated by a
-        jump of the opposite sign.
+        finite. Neighbours have different kinds, except two phases of one kind separated by a
+        jump (for trends, a jump of the opposite sign).
 
     Raises:
         ValueError: ``values`` is not 1-D or not numeric, ``steps`` does not match it, or an
