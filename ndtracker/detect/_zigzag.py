@@ -15,9 +15,9 @@ import numpy as np
 
 _SWING = 1.25  # a swing must reach this many times min_change, so that trimming leaves min_change
 _TRIM = 0.1  # trimming tolerance: this fraction of the swing ...
-_TRIM_LEVEL = 0.4  # ... and at most this fraction of min_change of the level ...
-_BAND = 1.0  # a trend ends (starts) where its level comes within this many noise sd of the plateau's
-_FLAT = 0.5  # an end part is flat if slower than this fraction of its swing's mean pace
+_TRIM_LEVEL = 0.4  # ... and at most this fraction of min_change of the level
+_BAND = 1.0  # a trend ends (starts) within this many noise sd of the plateau's median level
+_FLAT = 0.5  # an end part is flat if slower than this fraction of the moving part's pace
 _EDGE = 4  # the last samples' levels have shrunk windows (down to one sample): not a final extreme
 _CHUNK = 2048  # samples scanned at a time for a turn (doubling while none is found)
 

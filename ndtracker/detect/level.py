@@ -14,7 +14,6 @@ autocorrelation), scaled by the window actually used.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
