@@ -7,21 +7,32 @@ symmetric and shrink at the ends of the series (and at each jump, when jumps are
 level at a sample depends only on the samples within ``2 * half_width`` of it: the level of the
 first samples does not change when the run goes on, and a collapse in the first samples stays
 sharp. Each level comes with its noise sd: an AR(1) noise
-model fitted to robust variances of second differences in the blocks of 64 samples around it
-(inflated for the autocorrelation), scaled by the window actually used.
+model fitted to robust variances of second differences at lags 1 to 8 in the blocks of 64 samples
+around it (inflated for the autocorrelation; longer lags would read a trend's curvature as
+autocorrelation), scaled by the window actually used.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 from numpy.typing import ArrayLike
 
 from ndtracker.detect.jumps import _jump_candidates, _JumpOptions
-from ndtracker.detect._robust import _BLOCK, _check, _check_steps, _clipped, _local_noise, _local_scale, _prepare
+from ndtracker.detect._robust import (
+    _BLOCK,
+    _ar1_fit,
+    _check,
+    _check_steps,
+    _clipped,
+    _context_sd,
+    _local_noise,
+    _local_scale,
+    _prepare,
+    _second_differences,
+)
+from ndtracker.detect._robust import _running_median as _padded_running_median
 
 __all__ = ["smooth_level"]
 
@@ -29,6 +40,7 @@ HALF_WIDTH = 4  # samples on each side of the level's median and mean windows
 _NOISE_BLOCKS = 1  # noise context: one block of 64 samples on each side
 _CLIP_HALF = 8  # outliers: against the median of this many samples on each side ...
 _CLIP = 3.0  # ... +- this many local robust sd
+_NOISE_LAGS = np.array([1, 2, 4, 8])  # lags of the level's noise model
 _REL_FLOOR = 1e-9  # noise below this fraction of the level is rounding
 
 
@@ -53,8 +65,7 @@ def _running_median(y: np.ndarray, half: int) -> np.ndarray:
     if n <= 2 * half:
         starts, stops = _shrinking_windows(n, half)
         return np.array([np.median(y[a:b]) for a, b in zip(starts, stops)])
-    out = np.empty(n)
-    out[half : n - half] = np.partition(sliding_window_view(y, 2 * half + 1), half, axis=1)[:, half]
+    out = _padded_running_median(y, half)  # exact away from the ends
     for i in range(half):
         out[i] = np.median(y[: 2 * i + 1])
         out[n - 1 - i] = np.median(y[n - 1 - 2 * i :])
@@ -85,9 +96,24 @@ def _noise_sd(y: np.ndarray) -> np.ndarray:
     the autocorrelation."""
     if y.size < 5:
         return np.zeros(y.size)
-    sigma, phi = _local_noise(y, _NOISE_BLOCKS)
+    sigma, phi = _short_lag_noise(y)
     per_block = sigma * np.sqrt((1 + phi) / (1 - phi))
     return np.repeat(per_block, _BLOCK)[: y.size]
+
+
+def _short_lag_noise(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """AR(1) noise sd and lag-1 autocorrelation per block (as :func:`_local_noise`), fitted on the
+    second differences at lags ``_NOISE_LAGS`` only: at longer lags the curvature of a trend
+    over a few hundred samples reads as autocorrelation and inflates the level's noise."""
+    n_blocks = max(1, -(-y.size // _BLOCK))
+    lags = _NOISE_LAGS[_NOISE_LAGS <= y.size // 6]
+    if lags.size < 2:
+        return _local_noise(y, _NOISE_BLOCKS)
+    variances = np.stack(
+        [_context_sd(_second_differences(y, k), _NOISE_BLOCKS, n_blocks) ** 2 for k in lags], axis=1
+    )
+    sigma, phi = _ar1_fit(variances, lags)
+    return sigma, phi
 
 
 def _piece_level(y: np.ndarray, half: int) -> np.ndarray:

@@ -3,26 +3,37 @@
 A **phase** is a stretch of the series' smoothed level (:func:`~ndtracker.detect.smooth_level`,
 smoothed separately between jumps) with one direction. The rule every phase satisfies, with
 ``L`` the level, ``start_level = L[start]`` and ``end_level`` the level at the first sample after
-the phase (at the last sample for the last phase):
+the phase, or at its own last sample where a jump follows it or the series ends (the level
+*before* the jump: a phase that ends at a jump does not take the jump's change):
 
 - ``collapse`` (``expansion``): the level falls (rises) from ``start_level`` to ``end_level`` by at
   least ``min_change`` (5 %) of ``|start_level|``, and by at least ``trend_threshold`` (4) noise sd
   of that difference; no jump of the opposite sign lies inside it (``start < index < stop``).
 - ``stabilization``: every other stretch; its net change from ``start_level`` to ``end_level`` is
-  below ``min_change`` of the level or within the noise.
+  below ``min_change`` of the level or within the noise. No jump lies inside a stabilization:
+  a jump between two flat stretches is the boundary of two stabilizations.
 
-How phases are found: the level is scanned once, left to right, for its swings (a zig-zag): a
-swing ends at an extreme once the level has turned back from it by ``1.25 * min_change`` of the
-extreme and by ``trend_threshold`` noise sd. Each swing is then trimmed to where the level moves:
-its start is the last sample still within ``tol`` of the swing's first extreme, its end the first
-sample within ``tol`` of its last extreme, with ``tol`` the smaller of a tenth of the swing and
-``0.4 * min_change`` of the level (so the stabilization between two swings changes by less than
-``min_change``). A trend is split at any jump of the opposite sign inside it, each part
-relabelled by the rule, and neighbours of one kind are merged unless a jump of the opposite sign
-separates them. Everything is local: the level at a sample depends on the samples within 8 of it,
-noise on the 64-sample blocks around it, and a swing only on the samples since the previous
+A jump lies inside a trend only where the trend *carries* it: the level moves the trend's way on
+the jump's sides too (by ``min_change`` of the level, a quarter of ``trend_threshold`` noise sd),
+as in a collapse whose fastest step is a jump; a jump with flat level on both sides is a boundary.
+
+How phases are found: the level is scanned left to right for its swings (a zig-zag): a swing ends
+at an extreme once the level has turned back from it by ``1.25 * min_change`` of the extreme and
+by ``trend_threshold`` noise sd (numpy running extrema; Python only loops over the turns, so the
+cost is O(n)). Each swing is then trimmed to where the level moves: its start is the last sample
+within ``tol`` of the swing's first extreme, its end the first sample within ``tol`` of its last
+extreme (``tol`` the smaller of a tenth of the swing and ``0.4 * min_change`` of the level), and
+each is then settled on the plateau next to it: the end is the first sample within one noise sd
+of the plateau's median level (the extreme of a long noisy plateau is wherever its noise is
+deepest; its median is not, so the end does not drift as the plateau goes on). The series is cut
+at the trimmed ends and at each jump a trend does not carry; each stretch is labelled by the rule,
+a trend is split at any jump of the opposite sign inside it, a stabilization between two trends of
+one kind that moves their way by half of ``min_change`` joins them (the slower stretch of one
+trend), and neighbours of one kind are merged unless a jump separates them (for trends: a jump of
+the opposite sign). Everything is local: the level at a sample depends on the samples within 8 of
+it, noise on the 64-sample blocks around it, and a swing only on the samples since the previous
 extreme; so the labels of the first steps do not change when the run goes on, except the phase at
-the end. Cost: O(n) numpy work plus a Python loop over the local extremes of the level.
+the end.
 """
 
 from __future__ import annotations
@@ -37,16 +48,14 @@ from numpy.typing import ArrayLike
 from ndtracker.detect.jumps import _Candidate, _jump_candidates, _JumpOptions
 from ndtracker.detect.level import HALF_WIDTH, _Level, _level_of_finite
 from ndtracker.detect._robust import _check, _check_steps, _clipped, _prepare
+from ndtracker.detect._zigzag import _Scan, close_gaps, trim
 
 __all__ = ["Phase", "PhaseKind", "label_phases"]
 
 
 PhaseKind = Literal["collapse", "expansion", "stabilization"]
-_SWING = 1.25  # a swing must reach this many times min_change, so that trimming leaves min_change
-_TRIM = 0.1  # trimming tolerance: this fraction of the swing ...
-_TRIM_LEVEL = 0.4  # ... and at most this fraction of min_change of the level
-_FLAT = 0.5  # an end part is flat if slower than this fraction of its swing's mean pace
-_ROUNDED = 2 * HALF_WIDTH  # ... and longer than this many samples
+_ROUNDED = 2 * HALF_WIDTH  # the level's rounding of a kink, in samples
+_CARRY = 0.25  # a trend carries its jumps if it moves by this fraction of z noise sd between them
 
 
 @dataclass(frozen=True)
@@ -62,8 +71,9 @@ class Phase:
             ``-min_change`` for a collapse, at least ``min_change`` for an expansion).
         slope: ``change`` per finite sample of the phase.
         start_level: Smoothed level at ``start``.
-        end_level: Smoothed level at ``stop`` (the first sample of the next phase), or at the last
-            sample for the last phase.
+        end_level: Smoothed level at ``stop`` (the first sample of the next phase), or at the
+            phase's last sample (``stop - 1``) where a jump starts the next phase or the series
+            ends: the level before the jump, smoothed on the phase's side of it.
         start_step: Training step of ``start`` where ``steps`` were given, else None.
         end_step: Training step of the phase's last sample (``stop - 1``) where ``steps`` were
             given, else None.
@@ -103,122 +113,78 @@ class _PhaseOptions:
 
 @dataclass(frozen=True)
 class _Rule:
-    """The labelling rule over one level series: what a phase's net change must be."""
+    """The labelling rule over one level series: what a phase's net change must be.
+
+    ``cuts`` are the jump positions: the level is smoothed separately on each side of them, and a
+    stretch that ends at one is measured up to the level just before it.
+    """
 
     level: _Level
     time: np.ndarray
     min_change: float
     z: float
+    cuts: frozenset[int] = frozenset()
+
+    def end(self, hi: int) -> int:
+        """Index of the end level of the stretch ``[lo, hi)``: ``hi``, or ``hi - 1`` at a jump or the end."""
+        return hi - 1 if hi >= self.level.level.size or hi in self.cuts else hi
 
     def kind(self, lo: int, hi: int) -> PhaseKind:
         """The kind of the stretch of finite samples ``[lo, hi)`` by its net change."""
-        a, b = self.level.level[lo], self.level.level[min(hi, self.level.level.size - 1)]
-        noise = math.hypot(self.level.sd[lo], self.level.sd[min(hi, self.level.level.size - 1)])
+        end = self.end(hi)
+        a, b = self.level.level[lo], self.level.level[end]
+        noise = math.hypot(self.level.sd[lo], self.level.sd[end])
         if abs(b - a) < max(self.min_change * abs(a), self.z * noise) or b == a:
             return "stabilization"
         return "expansion" if b > a else "collapse"
 
-    def swing(self, p: int, i: int) -> float:
-        """How far the level must move from the extreme at ``p`` (seen at ``i``) to turn."""
-        level, sd = self.level.level, self.level.sd
-        return max(_SWING * self.min_change * abs(level[p]), self.z * math.hypot(sd[p], sd[i]))
 
-
-def _extremes(level: np.ndarray) -> np.ndarray:
-    """Indices of the local extremes of ``level`` (where its direction changes) and both ends."""
-    direction = np.sign(np.diff(level))
-    turns = np.flatnonzero(direction[1:] != direction[:-1]) + 1
-    return np.concatenate([[0], turns, [level.size - 1]]) if level.size > 1 else np.zeros(level.size, int)
-
-
-def _swings(rule: _Rule) -> list[tuple[int, int, int]]:
-    """The zig-zag of the level: swings ``(first extreme, last extreme, direction)``."""
-    level, swings = rule.level.level, []
-    candidates = _extremes(level)
-    direction, pivot, high, low = 0, int(candidates[0]), int(candidates[0]), int(candidates[0])
-    for i in map(int, candidates[1:]):
-        if direction >= 0 and level[i] > level[high]:
-            high = i
-        if direction <= 0 and level[i] < level[low]:
-            low = i
-        if direction >= 0 and i != high and level[high] - level[i] >= rule.swing(high, i):
-            if direction:
-                swings.append((pivot, high, 1))
-            direction, pivot, low = -1, high, i
-        elif direction <= 0 and i != low and level[i] - level[low] >= rule.swing(low, i):
-            if direction:
-                swings.append((pivot, low, -1))
-            direction, pivot, high = 1, low, i
-    if direction:
-        swings.append((pivot, high if direction > 0 else low, direction))
-    return swings
-
-
-@dataclass(frozen=True)
-class _Trend:
-    """A trimmed swing: it moves over ``[start, end)``; ``pace`` is its mean rate of change (per
-    step or sample) and ``tol_start``, ``tol_end`` the trimming tolerances at its two extremes."""
-
-    start: int
-    end: int
-    pace: float
-    tol_start: float
-    tol_end: float
-
-
-def _trim(level: np.ndarray, time: np.ndarray, swing: tuple[int, int, int], min_change: float) -> _Trend:
-    """The part of a swing ``(a, b, direction)`` where the level moves (see the module).
-
-    An end part is cut off only if it is flat: within ``tol`` of its extreme, slower than
-    ``_FLAT`` of the swing's mean pace (``time`` is the step, or position, of each sample), and
-    longer than the level's window (shorter ones are the smoothing's rounding of a kink).
-    """
-    a, b, direction = swing
-    size = abs(level[b] - level[a])
-    pace = size / max(time[b] - time[a], 1e-300)
-    tol_a = min(_TRIM * size, _TRIM_LEVEL * min_change * abs(level[a]))
-    tol_b = min(_TRIM * size, _TRIM_LEVEL * min_change * abs(level[b]))
-    moved = direction * (level[a : b + 1] - level[a])
-    s = a + int(np.flatnonzero(moved <= tol_a)[-1])
-    s = s if s - a > _ROUNDED and tol_a < _FLAT * pace * (time[s] - time[a]) else a
-    left = direction * (level[b] - level[s : b + 1])
-    e = s + int(np.flatnonzero(left <= tol_b)[0])
-    e = e if b - e > _ROUNDED and tol_b < _FLAT * pace * (time[b] - time[e]) else b
-    return _Trend(s, max(e, s + 1), pace, tol_a, tol_b)
-
-
-def _close_gaps(trends: list[_Trend], time: np.ndarray) -> list[_Trend]:
-    """Give the stretch between two trends to the slower one unless it is flat for both.
-
-    The stretch moves by at most the two tolerances; it is flat for a trend if that is slower than
-    ``_FLAT`` of the trend's pace. A stretch that is not flat for the slower trend is the slow
-    start (or end) of that trend, displaced by noise around the turning point.
-    """
-    out = list(trends)
-    for k in range(len(out) - 1):
-        before, after = out[k], out[k + 1]
-        if after.start <= before.end:
-            continue
-        moved = before.tol_end + after.tol_start
-        duration = time[after.start] - time[before.end]
-        if moved >= _FLAT * min(before.pace, after.pace) * duration:
-            if after.pace <= before.pace:
-                out[k + 1] = _Trend(before.end, after.end, after.pace, after.tol_start, after.tol_end)
-            else:
-                out[k] = _Trend(before.start, after.start, before.pace, before.tol_start, before.tol_end)
-    return out
-
-
-def _segments(rule: _Rule, min_change: float) -> list[tuple[int, int]]:
-    """Cut ``[0, m)`` at the trimmed ends of each swing."""
+def _segments(rule: _Rule) -> list[tuple[int, int]]:
+    """Cut ``[0, m)`` at the trimmed ends of each swing of the level and at each jump, except the
+    jumps a swing carries (:func:`_carries`)."""
     level = rule.level.level
-    cuts = {0, level.size}
-    for trend in _close_gaps([_trim(level, rule.time, swing, min_change) for swing in _swings(rule)], rule.time):
+    scan = _Scan(level, rule.level.sd, rule.min_change, rule.z)
+    trends = [(trim(scan, rule.time, swing, _ROUNDED), swing[2]) for swing in scan.swings(0, level.size)]
+    spans = []
+    for trend, direction in zip(close_gaps([t for t, _ in trends], rule.time), [d for _, d in trends]):
         start = 0 if trend.start <= _ROUNDED else trend.start  # the level's rounding at the ends
         end = level.size if level.size - trend.end <= _ROUNDED else trend.end
-        cuts.update((start, end))
-    edges = sorted(cuts)
+        spans.append((start, end, direction))
+    carried: set[int] = set()
+    for k, (lo, hi, direction) in enumerate(spans):
+        if _carries(rule, lo, hi, direction):
+            carried.update(c for c in rule.cuts if lo < c <= hi)
+            spans[k] = (lo, min(level.size, hi + 1) if hi in rule.cuts else hi, direction)  # past a jump at its end
+    free = rule.cuts - carried
+    cuts = {0, level.size} | free | {_snap(free, c) for lo, hi, _ in spans for c in (lo, hi)}
+    edges = sorted(c for c in cuts if 0 <= c <= level.size)
     return list(zip(edges, edges[1:]))
+
+
+def _snap(jumps: set[int], cut: int) -> int:
+    """A trend's end moved to a jump within the level's rounding of it (no sliver beside a jump)."""
+    near = [c for c in jumps if abs(c - cut) <= _ROUNDED]
+    return min(near, key=lambda c: abs(c - cut)) if near else cut
+
+
+def _carries(rule: _Rule, lo: int, hi: int, direction: int) -> bool:
+    """Whether the trend ``[lo, hi)`` is one phase with the jumps inside it (or at ``hi``, then it
+    ends one sample after that jump): it is a trend of its
+    direction by the rule, no jump inside is against it, and the level moves that way between
+    the jumps too, by ``min_change`` of its start level and a quarter of ``z`` noise sd (a jump with
+    flat level on both sides is a boundary, not a trend)."""
+    inside = sorted(c for c in rule.cuts if lo < c <= hi)
+    last = min(hi + 1, rule.level.level.size) if hi in rule.cuts else hi  # a jump at its end: past it
+    if not inside or rule.kind(lo, last) != {1: "expansion", -1: "collapse"}[direction]:
+        return False
+    level, sd = rule.level.level, rule.level.sd
+    edges = [lo, *inside, hi]
+    ends = [_inner(rule, a, b) for a, b in zip(edges, edges[1:]) if b > a]
+    if any(direction * (level[j] - level[j - 1]) < 0 for j in inside):
+        return False
+    moved = direction * sum(level[b] - level[a] for a, b in ends)
+    noise = math.sqrt(sum(sd[a] ** 2 + sd[b] ** 2 for a, b in ends))
+    return moved >= max(rule.min_change * abs(level[lo]), _CARRY * rule.z * noise)
 
 
 def _opposite(jumps: list[_Candidate], lo: int, hi: int, kind: PhaseKind) -> list[int]:
@@ -248,7 +214,7 @@ def _merge(rule: _Rule, labelled: list[tuple[int, int, PhaseKind]], jumps: list[
     for _ in range(len(labelled)):
         merged: list[tuple[int, int, PhaseKind]] = []
         for lo, hi, kind in labelled:
-            if merged and merged[-1][2] == kind and not _opposite(jumps, merged[-1][0] - 1, hi, kind):
+            if merged and merged[-1][2] == kind and _joins(rule, merged[-1][0], lo, hi, kind, jumps):
                 merged[-1] = (merged[-1][0], hi, kind)
             else:
                 merged.append((lo, hi, kind))
@@ -259,10 +225,45 @@ def _merge(rule: _Rule, labelled: list[tuple[int, int, PhaseKind]], jumps: list[
     return labelled
 
 
+def _slow_stretches(rule: _Rule, labelled: list[tuple[int, int, PhaseKind]]) -> list[tuple[int, int, PhaseKind]]:
+    """Relabel a stabilization between two trends of one kind as that kind where it moves their
+    way by half of ``min_change`` (no jump at its ends): the slower stretch of one long trend,
+    whose own net change is within the noise of the level."""
+    out = list(labelled)
+    for k in range(1, len(out) - 1):
+        (_, _, before), (lo, hi, kind), (_, _, after) = out[k - 1], out[k], out[k + 1]
+        if kind != "stabilization" or before != after or lo in rule.cuts or hi in rule.cuts:
+            continue
+        sign = 1 if before == "expansion" else -1
+        a, b = rule.level.level[lo], rule.level.level[rule.end(hi)]
+        if sign * (b - a) >= 0.5 * rule.min_change * abs(a):
+            out[k] = (lo, hi, before)
+    return out
+
+
+def _joins(rule: _Rule, first: int, lo: int, hi: int, kind: PhaseKind, jumps: list[_Candidate]) -> bool:
+    """Whether the stretch ``[first, lo)`` and the next one ``[lo, hi)``, both of ``kind``, make
+    one phase: trends unless a jump against them lies between; stabilizations unless a jump does."""
+    if kind == "stabilization":
+        return lo not in rule.cuts  # a jump between two flat stretches is a boundary
+    return not _opposite(jumps, first - 1, hi, kind)
+
+
+def _inner(rule: _Rule, lo: int, hi: int) -> tuple[int, int]:
+    """The first and last sample of ``[lo, hi)`` to measure its move on: ``HALF_WIDTH`` samples
+    in from a jump or an end of the series, where the level has a full window (at the jump it is
+    the level of one sample, too noisy to carry a jump on), if the stretch is long enough."""
+    first, last = lo, rule.end(hi)
+    if hi - lo > 2 * HALF_WIDTH + 1:
+        first = lo + HALF_WIDTH if lo == 0 or lo in rule.cuts else lo
+        last = last - HALF_WIDTH if last == hi - 1 else last
+    return first, last
+
+
 def _to_phase(rule: _Rule, lo: int, hi: int, kind: PhaseKind, where: _Where) -> Phase:
     """The public record of the finite samples ``[lo, hi)``."""
     level = rule.level.level
-    a, b = float(level[lo]), float(level[min(hi, level.size - 1)])
+    a, b = float(level[lo]), float(level[rule.end(hi)])
     change = b - a
     relative = change / abs(a) if a else (math.copysign(math.inf, change) if change else 0.0)
     start, stop = where.start(lo), where.stop(hi)
@@ -296,8 +297,9 @@ def _phases_of_finite(
     """The phases of the finite values ``y``, given their jumps."""
     level = _level_of_finite(y, [c.t for c in jumps], HALF_WIDTH)
     time = where.positions.astype(float) if where.steps is None else where.steps[where.positions]
-    rule = _Rule(level, time, opts.min_change, opts.trend_threshold)
-    labelled = _merge(rule, _split(rule, _segments(rule, opts.min_change), jumps), jumps)
+    rule = _Rule(level, time, opts.min_change, opts.trend_threshold, frozenset(c.t for c in jumps))
+    labelled = _merge(rule, _split(rule, _segments(rule), jumps), jumps)
+    labelled = _merge(rule, _slow_stretches(rule, labelled), jumps)
     return [_to_phase(rule, lo, hi, kind, where) for lo, hi, kind in labelled]
 
 
@@ -321,8 +323,9 @@ def label_phases(
     ``collapse`` (``expansion``) falls (rises) by at least ``min_change`` of its start level and
     ``trend_threshold`` noise sd, from its start level to its end level, and holds no jump of
     the opposite sign; a ``stabilization`` does not. A trend can be as short as one sample (a
-    collapse in the first samples is a phase); a jump is part of the phase it falls in, or a
-    boundary. Labels are local: extending the series does not move earlier boundaries (away
+    collapse in the first samples is a phase); a jump is part of a trend that carries it (the
+    level moves the trend's way beside it too), or a boundary, and a phase that ends at a jump
+    is measured up to the level before it. Labels are local: extending the series does not move earlier boundaries (away
     from its end), and sampling every 5 or every 10 steps gives the same phases in steps, to
     within the smoothing window.
 
@@ -348,8 +351,8 @@ def label_phases(
     Returns:
         Phases sorted by ``start``, covering ``[0, len(values))`` without gaps; ``[]`` for an
         empty input; a single ``stabilization`` phase when fewer than ``min_length`` values are
-        finite. Neighbours have different kinds, except two trends of one kind separated by a
-        jump of the opposite sign.
+        finite. Neighbours have different kinds, except two phases of one kind separated by a
+        jump (for trends, a jump of the opposite sign).
 
     Raises:
         ValueError: ``values`` is not 1-D or not numeric, ``steps`` does not match it, or an
@@ -360,7 +363,7 @@ def label_phases(
         >>> series = np.r_[np.linspace(100, 30, 100), np.linspace(30, 45, 400), np.full(500, 45.0)]
         >>> series = series + np.random.default_rng(0).normal(0, 1, 1000)
         >>> [(p.kind, p.start, p.stop) for p in label_phases(series)]
-        [('collapse', 0, 105), ('expansion', 105, 494), ('stabilization', 494, 1000)]
+        [('collapse', 0, 100), ('expansion', 100, 493), ('stabilization', 493, 1000)]
     """
     opts = _PhaseOptions(min_change, trend_threshold, penalty, resolution, min_length, max_points)
     jump_options = _JumpOptions(min_window=min_window, max_window=max(min_window, 64), noise_window=noise_window)

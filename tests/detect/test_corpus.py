@@ -28,10 +28,12 @@ SERIES = [(run, key) for run in RUNS for key in corpus(run)[1]]
 def check_rule(phases: list[Phase], jumps: list, level: np.ndarray) -> None:
     """The documented rule: levels, net change per kind, no jump against a trend inside it."""
     n = level.size
+    cuts = {j.index for j in jumps}
     assert phases[0].start == 0 and phases[-1].stop == n
     for phase in phases:
         assert phase.start_level == pytest.approx(level[phase.start])
-        assert phase.end_level == pytest.approx(level[min(phase.stop, n - 1)])
+        end = phase.stop - 1 if phase.stop == n or phase.stop in cuts else phase.stop  # the level before a jump
+        assert phase.end_level == pytest.approx(level[end])
         relative = phase.relative_change
         if phase.kind == "collapse":
             assert relative <= -MIN_CHANGE
@@ -41,7 +43,7 @@ def check_rule(phases: list[Phase], jumps: list, level: np.ndarray) -> None:
         assert not [j for j in jumps if phase.start < j.index < phase.stop and j.direction == against]
     for a, b in zip(phases, phases[1:]):
         assert a.stop == b.start
-        assert a.kind != b.kind or any(j.index == b.start for j in jumps)
+        assert a.kind != b.kind or b.start in cuts
 
 
 @pytest.mark.parametrize("run, key", SERIES)
@@ -99,22 +101,39 @@ def test_earlier_boundaries_do_not_move_when_the_run_goes_on(run: str, key: str)
     values = corpus(run)[1][key]
     half = values.size // 2
     short, full = label_phases(values[:half]), label_phases(values)
-    # Where a trend starts; the end of a trend that keeps moving slowly may still move (see
-    # label_phases' notes), so stabilization starts are not compared.
+    # Where each trend starts, and where it ends if a plateau follows it to the cut (a trend's end
+    # settles on the median level of that plateau, so the plateau going on does not move it; the
+    # end of a trend that keeps moving slowly still may). Phases near the cut may change.
     settled = [p.start for p in short[1:] if p.start < half - 100 and p.kind != "stabilization"]
-    starts = np.array([p.start for p in full])
-    for start in settled:
-        assert np.min(np.abs(starts - start)) <= 2, (start, [p.start for p in full[:10]])
+    level = smooth_level(values)
+    settled += [
+        p.stop for p in short
+        if p.stop < half - 100 and p.kind != "stabilization" and _plateau_after(level, p.stop, half)
+    ]  # fmt: skip
+    edges = np.array([p.start for p in full] + [full[-1].stop])
+    for edge in settled:
+        assert np.min(np.abs(edges - edge)) <= 2, (edge, [(p.kind, p.start) for p in full[:10]])
 
 
-KNOWN_RESOLUTION = {  # at every=10 a jump cut right after the collapse inflates the end level's noise
-    ("transformer", "head|activation|stable_rank"), ("transformer", "head|activation|participation_ratio"),
-}  # fmt: skip
+def _plateau_after(level: np.ndarray, end: int, half: int) -> bool:
+    """Whether the level from ``end`` to the end of the run stays flat: its median over each
+    tenth of that stretch within 1 % of the median of the first tenth (noise around a level)."""
+    rest = level[end:]
+    parts = np.array_split(rest, 10)
+    medians = np.array([np.median(part) for part in parts])
+    return bool(np.all(np.abs(medians - medians[0]) <= 0.01 * abs(medians[0])))
+
+
+# At every=10 the head's early collapse is one sample: a jump (-53 %) with the level flat before it
+# and rising after it, so the jump is a boundary (stabilization, then expansion) and no collapse
+# phase is there; at every=5 the level still falls for two samples after the jump, so a collapse
+# carries it. The labels follow the rule at both resolutions; they differ in kind here.
+KNOWN_RESOLUTION = {("transformer", "head|activation|stable_rank")}
 
 
 @pytest.mark.parametrize(
     "run, key",
-    [pytest.param(*s, marks=pytest.mark.xfail(reason="known: see KNOWN_RESOLUTION")) if s in KNOWN_RESOLUTION else s
+    [pytest.param(*s, marks=pytest.mark.xfail(reason="at every=10 the collapse is a lone jump with flat level before it: a boundary, not a collapse (KNOWN_RESOLUTION)", strict=True)) if s in KNOWN_RESOLUTION else s
      for s in SERIES],
 )  # fmt: skip
 def test_every_5_and_every_10_give_the_same_phases_in_steps(run: str, key: str) -> None:
