@@ -17,8 +17,8 @@ rows      ``XXᵀ`` (``rows²``)                    every block spans all rows  
 :func:`choose_route` takes the smallest valid payload. Centring uses the global mean: the
 columns route gives ``MᵀM − n·μμᵀ`` (float64, so the cancellation costs ~1e-16 relative per
 unit of (mean/spread)²), the rows route ``H·MMᵀ·H`` with ``H = I − 11ᵀ/n``, the gather route
-centres ``M`` itself. A Gram is measured by the exact route (:func:`measure_gram`: every
-eigenvalue, float64), a gathered ``M`` as any matrix (:func:`ndtracker.spectra.measure_many`).
+centres ``M`` itself. A Gram is measured as a ``Job(gram, ..., gram=True)`` of
+:func:`ndtracker.spectra.measure_many` (either estimator), a gathered ``M`` as any matrix.
 This module knows nothing of models, trackers or files; it takes a process group.
 """
 
@@ -30,11 +30,10 @@ from typing import Literal
 import torch
 import torch.distributed as dist
 
-from ndtracker.spectra.exact import empty_row, row_from_gram
 
 __all__ = [
     "Block", "Route", "chunk", "choose_route", "payload_size", "contribution", "conclude",
-    "all_reduce_flat", "measure_gram",
+    "all_reduce_flat",
 ]  # fmt: skip
 
 Route = Literal["gather", "columns", "rows"]
@@ -141,11 +140,11 @@ def conclude(
         if center and rows:
             sums = summed[cols * cols :]
             gram = gram - torch.outer(sums, sums) / rows
-        return "gram", gram
+        return "gram", (gram + gram.T) / 2  # the sums' round-off is not quite symmetric
     gram = summed.view(rows, rows)
     if center and rows:
         gram = gram - gram.mean(0, keepdim=True) - gram.mean(1, keepdim=True) + gram.mean()
-    return "gram", gram
+    return "gram", (gram + gram.T) / 2
 
 
 def all_reduce_flat(
@@ -161,18 +160,4 @@ def all_reduce_flat(
     buffer = torch.cat(parts)
     dist.all_reduce(buffer, group=group)
     return list(buffer.split([part.numel() for part in parts]))
-
-
-def measure_gram(gram: torch.Tensor, metrics: frozenset[str] | set[str]) -> torch.Tensor:
-    """The exact result row (:data:`ndtracker.spectra.exact.ROW_FIELDS`) of a Gram matrix.
-
-    Every eigenvalue of the float64 Gram, as the exact estimator does for full-spectrum metrics;
-    stable rank and participation ratio from its trace and Frobenius norm. An empty Gram gives
-    the row of an empty matrix.
-    """
-    gram = gram.to(torch.float64)
-    if gram.numel() == 0:
-        return empty_row(gram)
-    gram = (gram + gram.T) / 2  # the centring's round-off is not quite symmetric
-    return row_from_gram(gram, metrics, wide=True)
 

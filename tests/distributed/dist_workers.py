@@ -8,7 +8,6 @@ each logged row with a float64 SVD of the full weight (``full_tensor()``) or of 
 from __future__ import annotations
 
 import json
-import math
 import warnings
 from pathlib import Path
 
@@ -293,20 +292,20 @@ def all_ranks(rank, world, folder):
 
 
 def failure(rank, world, folder):
-    """Rank 1's share of weight "0" raises, and rank 1's Gram measurements raise: no hang; the
-    same rows are NaN with status failed on every rank, the others are exact."""
-    contribution, measure_gram = sharded.contribution, sharded.measure_gram
+    """Rank 1's share of weight "0" raises, and every measurement rank 1 owns raises: no hang;
+    the same rows are NaN with status failed on every rank, the others are exact."""
+    contribution, measure_many = sharded.contribution, ndtracker.spectra.measure_many
 
     def broken_contribution(block, *args):
         if block.rows == 16 and block.cols == 6:
             raise RuntimeError("injected")
         return contribution(block, *args)
 
-    def broken_gram(*args):
+    def broken_measure(*args):
         raise RuntimeError("injected")
 
     if rank == 1:
-        sharded.contribution, sharded.measure_gram = broken_contribution, broken_gram
+        sharded.contribution, ndtracker.spectra.measure_many = broken_contribution, broken_measure
     try:
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import fully_shard
@@ -320,7 +319,7 @@ def failure(rank, world, folder):
             tracker.step()
         tracker.close()
     finally:
-        sharded.contribution, sharded.measure_gram = contribution, measure_gram
+        sharded.contribution, ndtracker.spectra.measure_many = contribution, measure_many
     dist.barrier()
     frame = ndtracker.load(folder)
     failed = {r: set(map(tuple, part[part.status == "failed"][["step", "layer", "space"]].values.tolist()))
