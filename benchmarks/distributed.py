@@ -56,21 +56,25 @@ def wrap(net: nn.Sequential, kind: str, world: int) -> nn.Module:
 
 
 def time_samples(kind: str, world: int, steps: int, folder: str, **options) -> tuple[float, dict]:
-    """Median seconds of a sampled ``tracker.step()``, and the bytes of its collectives."""
-    net = wrap(model(), kind, world)
+    """Median seconds of a sampled ``tracker.step()``, and the bytes of its collectives.
+
+    ``kind="plain"``: the model unwrapped, in a process without torch.distributed (the baseline).
+    """
+    net = model() if kind == "plain" else wrap(model(), kind, world)
     opt = torch.optim.SGD(net.parameters(), lr=1e-3)
     tracker = ndtracker.Tracker(net, every=1, log_dir=folder, detect=False, **options)
-    generator = torch.Generator().manual_seed(dist.get_rank())
+    generator = torch.Generator().manual_seed(dist.get_rank() if dist.is_initialized() else 0)
     times = []
     for step in range(steps + 2):
         net(torch.randn(ROWS, WIDTHS[0], generator=generator)).pow(2).mean().backward()
         opt.step()
         opt.zero_grad()
-        dist.barrier()
+        if dist.is_initialized():
+            dist.barrier()
         start = time.perf_counter()
         tracker.step()
         times.append(time.perf_counter() - start)
-    sent = dict(tracker._parallel.sent)
+    sent = {} if tracker._parallel is None else dict(tracker._parallel.sent)
     tracker.close()
     return statistics.median(times[2:]), sent
 
@@ -134,6 +138,9 @@ def main() -> None:
     steps = 3 if args.quick else 8
     print(f"MLP {'-'.join(map(str, WIDTHS))}, {ROWS} rows per rank, every=1, gloo on "
           f"{os.cpu_count()} CPU cores; median of {steps} sampled steps")  # fmt: skip
+    with tempfile.TemporaryDirectory() as folder:
+        seconds, _ = time_samples("plain", 1, steps, folder)
+    print(f"no torch.distributed: {seconds * 1e3:7.1f} ms per sample")
     for world in args.worlds:
         with tempfile.TemporaryDirectory() as folder:
             out = f"{folder}/figures.json"

@@ -10,11 +10,12 @@ float64 ``all_reduce`` (:func:`all_reduce_flat`):
 route     each rank adds                        valid when                         gives
 ========  ====================================  =================================  ===============
 gather    its block into a zero ``rows x cols``  always                             ``M``
-columns   ``XᵀX`` (``cols²``) and column sums    every block spans all columns      ``MᵀM``, ``Σ``
-rows      ``XXᵀ`` (``rows²``)                    every block spans all rows         ``MMᵀ``
+columns   ``XᵀX`` and column sums                every block spans all columns      ``MᵀM``, ``Σ``
+rows      ``XXᵀ``                                every block spans all rows         ``MMᵀ``
 ========  ====================================  =================================  ===============
 
-:func:`choose_route` takes the smallest valid payload. Centring uses the global mean: the
+:func:`choose_route` takes the smallest valid payload; a Gram travels as its upper triangle
+(``n(n+1)/2`` numbers). Centring uses the global mean: the
 columns route gives ``MᵀM − n·μμᵀ`` (float64, so the cancellation costs ~1e-16 relative per
 unit of (mean/spread)²), the rows route ``H·MMᵀ·H`` with ``H = I − 11ᵀ/n``, the gather route
 centres ``M`` itself. A Gram is measured as a ``Job(gram, ..., gram=True)`` of
@@ -68,12 +69,31 @@ def chunk(size: int, parts: int, index: int) -> tuple[int, int]:
 
 
 def payload_size(route: Route, rows: int, cols: int, center: bool) -> int:
-    """Float64 numbers a route adds to the reduction buffer."""
+    """Float64 numbers a route adds to the reduction buffer (a Gram travels as its upper triangle)."""
     if route == "gather":
         return rows * cols
     if route == "columns":
-        return cols * cols + (cols if center else 0)
-    return rows * rows
+        return _triangle(cols) + (cols if center else 0)
+    return _triangle(rows)
+
+
+def _triangle(side: int) -> int:
+    return side * (side + 1) // 2
+
+
+def _upper(side: int, device: torch.device) -> torch.Tensor:
+    """The boolean mask of a ``side x side`` matrix's upper triangle, diagonal included."""
+    return torch.ones(side, side, dtype=torch.bool, device=device).triu()
+
+
+def _packed(gram: torch.Tensor) -> torch.Tensor:
+    return gram[_upper(gram.shape[0], gram.device)]
+
+
+def _unpacked(packed: torch.Tensor, side: int) -> torch.Tensor:
+    upper = torch.zeros(side, side, dtype=packed.dtype, device=packed.device)
+    upper[_upper(side, packed.device)] = packed
+    return upper + upper.T - torch.diag(upper.diagonal())
 
 
 def choose_route(rows: int, cols: int, row_split: bool, col_split: bool, center: bool) -> Route:
@@ -107,12 +127,12 @@ def contribution(block: Block, route: Route, center: bool, device: torch.device)
         view[block.row_offset : block.row_offset + r, block.col_offset : block.col_offset + c] = x
     elif route == "columns":
         _check_span(c, block.cols, "columns")
-        out[: block.cols**2] = (x.T @ x).reshape(-1)
+        out[: _triangle(c)] = _packed(x.T @ x)
         if center:
-            out[block.cols**2 :] = x.sum(0)
+            out[_triangle(c) :] = x.sum(0)
     else:
         _check_span(r, block.rows, "rows")
-        out.copy_((x @ x.T).reshape(-1))
+        out.copy_(_packed(x @ x.T))
     return out
 
 
@@ -136,15 +156,16 @@ def conclude(
             matrix = matrix - matrix.mean(0, keepdim=True)
         return "matrix", matrix
     if route == "columns":
-        gram = summed[: cols * cols].view(cols, cols)
+        gram = _unpacked(summed[: _triangle(cols)], cols)
         if center and rows:
-            sums = summed[cols * cols :]
+            sums = summed[_triangle(cols) :]
             gram = gram - torch.outer(sums, sums) / rows
-        return "gram", (gram + gram.T) / 2  # the sums' round-off is not quite symmetric
-    gram = summed.view(rows, rows)
+        return "gram", gram
+    gram = _unpacked(summed, rows)
     if center and rows:
         gram = gram - gram.mean(0, keepdim=True) - gram.mean(1, keepdim=True) + gram.mean()
-    return "gram", (gram + gram.T) / 2
+        gram = (gram + gram.T) / 2  # the double centring's round-off is not quite symmetric
+    return "gram", gram
 
 
 def all_reduce_flat(

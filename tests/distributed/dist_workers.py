@@ -84,8 +84,9 @@ def full_weight(weight: torch.Tensor) -> torch.Tensor:
 
 
 def check_rows(frame, expected: dict[tuple[int, str, str], dict[str, float]], metrics=ALL, tol=TOLERANCE):
-    """Every expected (step, layer, space) is logged once with these metrics; returns the worst error."""
-    worst = 0.0
+    """Every expected (step, layer, space) is logged once with these metrics; returns the worst
+    relative error of each metric but energy90 (which must be equal)."""
+    worst = {name: 0.0 for name in metrics if name != "energy90"}
     for (step, layer, space), want in expected.items():
         got = frame[(frame.step == step) & (frame.layer == layer) & (frame.space == space)]
         assert len(got) == 1, (step, layer, space, len(got))
@@ -96,8 +97,9 @@ def check_rows(frame, expected: dict[tuple[int, str, str], dict[str, float]], me
                 assert int(row[name]) == want[name], (step, layer, space, name, row[name], want[name])
                 continue
             error = abs(row[name] - want[name]) / abs(want[name])
-            worst = max(worst, error)
-            assert error <= tol, (step, layer, space, name, row[name], want[name])
+            worst[name] = max(worst[name], error)
+            # effective rank weighs σ = √λ: the zero eigenvalues' float64 round-off shows at ~1e-7
+            assert error <= (tol if name != "effective_rank" else 10 * tol), (step, layer, space, name, row[name])
     return worst
 
 

@@ -22,5 +22,7 @@ SCENARIOS = ["fsdp", "ddp", "tensor_parallel", "all_ranks", "failure"]
 def test_two_ranks_measure_the_whole_job_exactly(tmp_path):
     mp.spawn(run_scenarios, args=(2, str(tmp_path), SCENARIOS), nprocs=2, join=True)
     figures = json.loads((tmp_path / "figures-2.json").read_text())
+    print("worst relative error per scenario:", figures)
     for name in ("fsdp", "ddp", "tensor_parallel"):
-        assert figures[name] <= 1e-6, (name, figures[name])
+        worst = figures[name]
+        assert max(worst["stable_rank"], worst["participation_ratio"]) <= 1e-6, (name, worst)

@@ -18,5 +18,7 @@ SCENARIOS = ["fsdp", "mesh_2d", "ddp"]
 def test_four_ranks_and_a_two_by_two_mesh_measure_the_whole_job_exactly(tmp_path):
     mp.spawn(run_scenarios, args=(4, str(tmp_path), SCENARIOS), nprocs=4, join=True)
     figures = json.loads((tmp_path / "figures-4.json").read_text())
+    print("worst relative error per scenario:", figures)
     for name in SCENARIOS:
-        assert figures[name] <= 1e-6, (name, figures[name])
+        worst = figures[name]
+        assert max(worst["stable_rank"], worst["participation_ratio"]) <= 1e-6, (name, worst)
