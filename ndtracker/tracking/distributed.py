@@ -115,10 +115,6 @@ class Parallel:
         """The rank that registers the run in ``run.json`` (and writes it, unless ``ranks="all"``)."""
         return 0 if self.ranks == "all" else int(self.ranks)
 
-    @property
-    def writes(self) -> bool:
-        return self.ranks == "all" or self.ranks == self.layout.rank
-
     def info(self) -> dict[str, Any]:
         """The job and options, for ``run.json``."""
         return {**self.layout.info(), "ranks": self.ranks, "activations": self.activations}
