@@ -190,7 +190,7 @@ def _skip(path: Path, why: str) -> None:
 
 
 def sort_rows(table: pa.Table, runs: list[str], sort: bool = True) -> pa.Table:
-    """Sort rows by (run, step, layer, space), stably, and keep the first of rows with equal keys.
+    """Sort rows by (run, step, layer, space, rank), stably, and keep the first of rows with equal keys.
 
     Args:
         table: Rows with ``run_id``, ``step``, ``layer`` and ``space`` columns, strings
@@ -210,6 +210,8 @@ def sort_rows(table: pa.Table, runs: list[str], sort: bool = True) -> pa.Table:
         _codes(table["layer"]),
         _codes(table["space"]),
     ]
+    if "rank" in table.column_names:  # every rank of a distributed job writes its own rows
+        keys.append(pc.fill_null(table["rank"], -1).to_numpy())
     if _in_order(keys):
         return _first_of_each(table, keys)
     order = np.lexsort(keys[::-1])  # stable: the first of equal rows stays first

@@ -36,7 +36,7 @@ EVENTS_SCHEMA: pa.Schema = _schema("events", [
 
 SCHEMAS: dict[str, pa.Schema] = {"metrics": METRICS_SCHEMA, "events": EVENTS_SCHEMA}
 NULLABLE_INTS = {"energy90": "Int64", "direction": "Int8", "rank": "Int64"}  # pandas dtypes that keep nulls
-SORT_KEYS = ("run_id", "step", "layer", "space")
+SORT_KEYS = ("run_id", "step", "layer", "space", "rank")  # rank: ranks="all" of a distributed job
 # Columns added after schema version 1 first shipped: parts without them read as null. ``rank`` is
 # the global rank of the process that wrote the row in a torch.distributed job (null otherwise).
 OPTIONAL_COLUMNS = ("rank",)

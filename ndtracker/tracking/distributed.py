@@ -123,8 +123,14 @@ class Parallel:
         """Global activations are captured uncentred: they are centred with the global mean."""
         return options if self.activations == "local" else dataclasses.replace(options, center=False)
 
-    def open_writer(self, log_dir: str, run_info: dict[str, Any], writing: dict[str, Any]) -> Any:
+    def open_writer(
+        self, log_dir: str, run_info: dict[str, Any], writing: dict[str, Any],
+        amend: Callable[[Path], dict[str, Any]] | None = None,
+    ) -> Any:  # fmt: skip
         """Register the run on one rank, share its id, and open this rank's writer (or none).
+
+        ``amend(path)`` adds facts read from the run directory to ``run_info`` on the registering
+        rank (a resumed run's link to the run it continues); the other ranks never touch it.
 
         Raises:
             ValueError: On every rank, when the registering rank could not open ``log_dir``.
@@ -134,7 +140,7 @@ class Parallel:
         writer: Any = None
         if self.layout.rank == self.registrant:
             try:
-                writer = _writer(log_dir, run_info, writing, self.layout.rank)
+                writer = _writer(log_dir, run_info, writing, self.layout.rank, amend=amend)
                 shared = [writer.run_id, str(writer.run_dir), None]
             except Exception as caught:
                 error, shared = caught, [None, None, str(caught)]
@@ -163,8 +169,12 @@ class Parallel:
             self.sent = sample.sent
 
 
-def _writer(log_dir: str, run_info: dict[str, Any], writing: dict[str, Any], rank: int, run_id=None):
+def _writer(
+    log_dir: str, run_info: dict[str, Any], writing: dict[str, Any], rank: int, run_id=None, amend=None
+):
     path = store.validate_log_dir(log_dir)
+    if amend is not None:
+        run_info = {**run_info, **amend(path)}
     return store.RunWriter(
         path, run_info=run_info, flush_secs=writing["flush_secs"],
         max_buffer_rows=writing["max_buffer_rows"], rank=rank, run_id=run_id,
