@@ -26,7 +26,10 @@ from ndtracker.tracking.layers import TrackedLayer
 from ndtracker.tracking.options import Options
 from ndtracker.tracking.parallel_layout import Layout, detect_layout, is_dtensor
 
-__all__ = ["Parallel", "NullWriter", "ACTIVATION_MODES", "check_ranks", "check_activations", "setup", "local_tensor"]
+__all__ = [
+    "Parallel", "NullWriter", "ACTIVATION_MODES", "check_ranks", "check_activations", "setup",
+    "local_tensor",
+]  # fmt: skip
 
 Warn = Callable[[str, str, str], None]
 ACTIVATION_MODES: tuple[str, ...] = ("global", "local")

@@ -152,7 +152,8 @@ class GlobalSample:
         features = weight.shape[0]
         if width == features:
             return width, 0
-        offset, length = sharded.chunk(features, self.layout.tensor_size, self.layout.tensor_index[self.layout.rank])
+        coordinate = self.layout.tensor_index[self.layout.rank]
+        offset, length = sharded.chunk(features, self.layout.tensor_size, coordinate)
         if length != width:
             raise ValueError(f"output width {width} is neither the {features} output features nor "
                              f"this rank's tensor-parallel share ({length})")  # fmt: skip
@@ -174,7 +175,8 @@ class GlobalSample:
         groups = sorted(kept)
         rows, cols = sum(len(kept[g]) for g in groups), max(meta[r][2] for r in present)
         slot.shape, slot.center = (rows, cols), self.options.center
-        slot.route = sharded.choose_route(rows, cols, sum(bool(kept[g]) for g in groups) > 1, split, slot.center)
+        row_split = sum(bool(kept[g]) for g in groups) > 1
+        slot.route = sharded.choose_route(rows, cols, row_split, split, slot.center)
         me, group = self.layout.rank, self.layout.data_index[self.layout.rank]
         if me not in contributors:
             slot.take = lambda: sharded.Block(rows, cols)
@@ -233,7 +235,8 @@ class GlobalSample:
             if local.numel() != row_block[1] * col_block[1]:
                 raise ValueError(f"local shard {tuple(local.shape)} is not the expected block "
                                  f"{(row_block[1], col_block[1])} of {(rows, cols)}")  # fmt: skip
-            return sharded.Block(rows, cols, row_block[0], col_block[0], local.reshape(row_block[1], col_block[1]))
+            data = local.reshape(row_block[1], col_block[1])
+            return sharded.Block(rows, cols, row_block[0], col_block[0], data)
 
         slot.take = take
 
@@ -316,7 +319,8 @@ class GlobalSample:
         given = slot.gram is not None
         matrix = slot.gram if given else slot.matrix
         state = slot.layer.streams.setdefault(slot.space, StreamingSpectrum())
-        estimator = spectra.choose_estimator(tuple(matrix.shape), self.options.metrics, self.options.estimator)
+        metrics = self.options.metrics
+        estimator = spectra.choose_estimator(tuple(matrix.shape), metrics, self.options.estimator)
         if not given and matrix.dtype != torch.float32:
             matrix = matrix.float()
         return Job(matrix, estimator, self.options.metrics, state, gram=given)

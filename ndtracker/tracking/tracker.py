@@ -235,8 +235,8 @@ class Tracker:
         self._warned: set[tuple[str, str]] = set()
         self._detectors = SeriesDetectors(detector_factory(boolean("detect", detect)), self._warn_once)
         self._writer = _open_writer(log_dir, self._run_info(writing), writing, self._parallel)
-        capture_options = self._options if self._parallel is None else self._parallel.capture_options(self._options)
-        self._capturer = Capturer(self._model, self._layers, capture_options, self._warn_once)
+        capturing = self._options if self._parallel is None else self._parallel.capture_options(self._options)
+        self._capturer = Capturer(self._model, self._layers, capturing, self._warn_once)
         recompile_with_hooks(model, _warn_at_user)
         if self._is_sampled(self._step):
             self._capturer.arm()
@@ -393,7 +393,8 @@ def _open_writer(
     if log_dir is None:
         log_dir = time.strftime("runs/ndtracker-%Y%m%d-%H%M%S")
     if parallel is not None:  # one rank registers the run; the others join it or write nothing
-        return parallel.open_writer(log_dir, run_info, writing, _resumed if writing["start_step"] > 0 else None)
+        amend = _resumed if writing["start_step"] > 0 else None
+        return parallel.open_writer(log_dir, run_info, writing, amend)
     path = store.validate_log_dir(log_dir)
     if writing["start_step"] > 0:
         run_info = {**run_info, **_resumed(path)}
