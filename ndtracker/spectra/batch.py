@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ndtracker.spectra.exact import HOST_SIDE, ROW_FIELDS, empty_row, exact_gram, row_from_gram
-from ndtracker.spectra.lanczos import TOLERANCE, Krylov, StreamingSpectrum, group_key, prepare, run
+from ndtracker.spectra.exact import HOST_SIDE, ROW_FIELDS, empty_row, exact_gram, given_gram, row_from_gram
+from ndtracker.spectra.lanczos import TOLERANCE, Krylov, StreamingSpectrum, group_key, prepare, prepare_gram, run
 from ndtracker.spectra.result import Result
 from ndtracker.vocabulary import ESTIMATORS, FULL_SPECTRUM, METRICS, Estimator
 
@@ -49,12 +49,18 @@ def choose_estimator(
 
 @dataclass
 class Job:
-    """One matrix to measure in a batch (see :func:`measure_many`)."""
+    """One matrix to measure in a batch (see :func:`measure_many`).
+
+    With ``gram=True``, ``matrix`` is not the matrix but its Gram (``XᵀX`` or ``XXᵀ``, symmetric
+    positive semi-definite, any float dtype), as a reduction across processes gives it
+    (:mod:`ndtracker.spectra.distributed`): it is measured as the spectrum of ``X``.
+    """
 
     matrix: torch.Tensor
     estimator: Estimator
     metrics: frozenset[str]
     state: StreamingSpectrum | None = None
+    gram: bool = False
 
 
 def measure_many(jobs: list[Job]) -> list[Result]:
@@ -105,7 +111,7 @@ def _redo(jobs: list[Job], redo: list[int], table: list[list[float]], used: list
             table[i] = row if row[_ERROR] <= TOLERANCE else table[i]
     exact = [i for i in redo if not table[i][_ERROR] <= TOLERANCE]
     if exact:
-        again = [Job(jobs[i].matrix, "exact", jobs[i].metrics) for i in exact]
+        again = [Job(jobs[i].matrix, "exact", jobs[i].metrics, gram=jobs[i].gram) for i in exact]
         for i, row in zip(exact, _measure_rows(again, wide=True)):
             table[i], used[i] = row, "exact"
 
@@ -193,14 +199,14 @@ def _measure_rows(jobs: list[Job], wide: bool = False) -> list[list[float]]:
         if x.shape[0] == 0 or x.shape[1] == 0:
             pending.append(([i], _DeviceRow([empty_row(x)])))
         elif job.estimator == "exact":
-            pending.append(([i], _exact_pending(x, job.metrics, wide)))
-        elif (key := group_key(x, job.metrics)) is None:
-            pending.append(([i], run([prepare(x, job.metrics, _state(job))])))
+            pending.append(([i], _exact_pending(job.matrix if job.gram else x, job.metrics, wide, job.gram)))
+        elif (key := group_key(x, job.metrics)) is None or job.gram and "participation_ratio" not in job.metrics:
+            pending.append(([i], run([_prepare(job, x, _state(job))])))
         else:
             groups.setdefault(key, []).append((i, x))
     for (side, device, metrics), members in groups.items():
         grams = torch.empty(len(members), side, side, device=device, dtype=torch.float32)
-        prepared = [prepare(x, metrics, _state(jobs[i]), out) for (i, x), out in zip(members, grams)]
+        prepared = [_prepare(jobs[i], x, _state(jobs[i]), out) for (i, x), out in zip(members, grams)]
         pending.append(([i for i, _ in members], run(prepared, grams)))
     rows: list[list[float]] = [[]] * len(jobs)
     for (indices, item), parts in zip(pending, _to_host([item.parts for _, item in pending])):
@@ -209,13 +215,22 @@ def _measure_rows(jobs: list[Job], wide: bool = False) -> list[list[float]]:
     return rows
 
 
+def _prepare(job: Job, x: torch.Tensor, state: StreamingSpectrum, out: torch.Tensor | None = None):
+    """A randomized job up to its Lanczos run, from its matrix or from its (float32) Gram."""
+    if job.gram:
+        return prepare_gram(x, job.metrics, state, out)
+    return prepare(x, job.metrics, state, out)
+
+
 def _state(job: Job) -> StreamingSpectrum:
     """The job's stream state, or a fresh one for a job measured without a stream."""
     return job.state if job.state is not None else StreamingSpectrum()
 
 
-def _exact_pending(x: torch.Tensor, metrics: frozenset[str], wide: bool) -> _DeviceRow | _HostGram:
-    gram = exact_gram(x, metrics, wide)
+def _exact_pending(
+    x: torch.Tensor, metrics: frozenset[str], wide: bool, given: bool = False
+) -> _DeviceRow | _HostGram:
+    gram = given_gram(x, metrics, wide) if given else exact_gram(x, metrics, wide)
     if gram.shape[0] <= HOST_SIDE:
         return _HostGram([gram], metrics, wide)
     return _DeviceRow([row_from_gram(gram, metrics, wide)])

@@ -164,6 +164,16 @@ def exact_gram(
     return gram_matrix(x.to(dtype) if dtype == torch.float64 else _scaled(x))[0]
 
 
+def given_gram(
+    gram: torch.Tensor, metrics: frozenset[str] | set[str], wide: bool = False
+) -> torch.Tensor:
+    """A Gram formed elsewhere (a reduction across processes) in the dtype :func:`exact_gram` uses."""
+    if not (wide or FULL_SPECTRUM & set(metrics)):
+        return gram.float()
+    dtype = full_spectrum_dtype(gram.device)
+    return gram.to(dtype) if dtype == torch.float64 else gram.float() / gram.abs().amax().clamp_min(TINY)
+
+
 def row_from_gram(
     gram: torch.Tensor, metrics: frozenset[str] | set[str], wide: bool = False
 ) -> torch.Tensor:

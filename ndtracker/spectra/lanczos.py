@@ -155,6 +155,24 @@ def prepare(
     return Prepared(x, metrics, state, gram, row_side, total, squares, first, depth)
 
 
+def prepare_gram(
+    gram: torch.Tensor, metrics: frozenset[str], state: StreamingSpectrum,
+    out: torch.Tensor | None = None,
+) -> Prepared:  # fmt: skip
+    """As :func:`prepare`, for a job given by its float32 Gram ``(n, n)`` rather than its matrix.
+
+    The stream's direction lives in the Gram's space (a Gram of another size resets it).
+    """
+    if state.basis is not None and state.basis.shape[0] != gram.shape[1]:
+        state.reset()
+    if out is not None:
+        gram = out.copy_(gram)
+    total = torch.trace(gram)
+    squares = gram.square().sum() if "participation_ratio" in metrics else None
+    depth = min(state.depth, gram.shape[0] - 1)
+    return Prepared(gram, metrics, state, gram, False, total, squares, _start(state, gram), depth)
+
+
 @dataclass
 class Krylov:
     """A group's Lanczos run, done on the device, waiting for the sample's host transfer.

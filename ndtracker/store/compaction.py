@@ -35,8 +35,8 @@ Span = tuple[int, int]
 class Parts:
     """Seq numbers and compaction levels of one table of one run (level 0: flushed parts)."""
 
-    def __init__(self) -> None:
-        self.next_seq = 0
+    def __init__(self, first_seq: int = 0) -> None:
+        self.first_seq = self.next_seq = first_seq
         self.levels: list[list[Span]] = [[]]
 
     def added(self) -> None:
@@ -68,11 +68,12 @@ class Compactor:
         run_dir: The run directory.
         run_id: The run whose parts are merged.
         warn: Called with a message when a merge fails (once per run of failures).
+        first_seq: The seq of the first part (rank ``r`` of a distributed job: ``r * 10**8``).
     """
 
-    def __init__(self, run_dir: Path, run_id: str, warn) -> None:
+    def __init__(self, run_dir: Path, run_id: str, warn, first_seq: int = 0) -> None:
         self.run_dir, self.run_id, self.warn = run_dir, run_id, warn
-        self.parts = {name: Parts() for name in SCHEMAS}
+        self.parts = {name: Parts(first_seq) for name in SCHEMAS}
         self.lock = threading.Lock()
         self.wake, self.stop = threading.Event(), threading.Event()
         self.busy = False

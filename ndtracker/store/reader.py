@@ -28,7 +28,9 @@ from ndtracker.errors import NdtrackerError, SchemaError
 from ndtracker.store.files import RESOURCE_ERRORS, NotRegularFileError, open_regular
 from ndtracker.store.layout import PART_NAME, list_parts, read_run_info
 from ndtracker.store.runs import Selection, select_runs
-from ndtracker.store.schema import EVENTS_SCHEMA, METRICS_SCHEMA, NULLABLE_INTS, SCHEMA_VERSION, SORT_KEYS, VERSION_KEY
+from ndtracker.store.schema import (
+    EVENTS_SCHEMA, METRICS_SCHEMA, NULLABLE_INTS, OPTIONAL_COLUMNS, SCHEMA_VERSION, SORT_KEYS, VERSION_KEY,
+)
 
 __all__ = ["load", "read_table", "read_parts", "sort_rows"]
 
@@ -147,11 +149,20 @@ def _read_open(handle: BinaryIO, path: Path, target: pa.Schema, strings: list[st
     except KeyError:  # a string column is missing: open it as is to say which
         part = pq.ParquetFile(handle)
     _check_version(part.schema_arrow, path)
-    missing = [name for name in target.names if name not in part.schema_arrow.names]
+    present = [name for name in target.names if name in part.schema_arrow.names]
+    missing = [name for name in target.names if name not in present and name not in OPTIONAL_COLUMNS]
     if missing:
         _skip(path, f"it is not an ndtracker part (no column {missing[0]!r})")
         return None
-    return part.read(columns=target.names)
+    return _with_optional(part.read(columns=present), target)
+
+
+def _with_optional(table: pa.Table, target: pa.Schema) -> pa.Table:
+    """Add the :data:`OPTIONAL_COLUMNS` an older part lacks, as nulls, in ``target``'s order."""
+    for field in target:
+        if field.name not in table.column_names:
+            table = table.append_column(field.name, pa.nulls(len(table), field.type))
+    return table.select(target.names)
 
 
 def _conform(table: pa.Table, target: pa.Schema, path: Path, run_id: str | None) -> pa.Table | None:
@@ -179,7 +190,7 @@ def _skip(path: Path, why: str) -> None:
 
 
 def sort_rows(table: pa.Table, runs: list[str], sort: bool = True) -> pa.Table:
-    """Sort rows by (run, step, layer, space), stably, and keep the first of rows with equal keys.
+    """Sort rows by (run, step, layer, space, rank), stably, and keep the first of rows with equal keys.
 
     Args:
         table: Rows with ``run_id``, ``step``, ``layer`` and ``space`` columns, strings
@@ -199,6 +210,8 @@ def sort_rows(table: pa.Table, runs: list[str], sort: bool = True) -> pa.Table:
         _codes(table["layer"]),
         _codes(table["space"]),
     ]
+    if "rank" in table.column_names:  # every rank of a distributed job writes its own rows
+        keys.append(pc.fill_null(table["rank"], -1).to_numpy())
     if _in_order(keys):
         return _first_of_each(table, keys)
     order = np.lexsort(keys[::-1])  # stable: the first of equal rows stays first

@@ -15,13 +15,16 @@ from ndtracker.store.schema import SORT_KEYS
 __all__ = ["rows_to_table"]
 
 
-def rows_to_table(rows: Sequence[Mapping[str, Any]], schema: pa.Schema, run_id: str) -> pa.Table:
+def rows_to_table(
+    rows: Sequence[Mapping[str, Any]], schema: pa.Schema, run_id: str, rank: int | None = None
+) -> pa.Table:
     """Convert row mappings to a table of ``schema``, sorted by (step, layer, space).
 
     Args:
         rows: Mappings keyed by column name; missing keys are null, unknown keys are ignored.
         schema: `METRICS_SCHEMA` or `EVENTS_SCHEMA`.
         run_id: The value of the ``run_id`` column.
+        rank: The value of the ``rank`` column (the writing process's rank), or None.
 
     Returns:
         The table; a value its column's type cannot hold (a NaN in an integer column, text in a
@@ -29,7 +32,10 @@ def rows_to_table(rows: Sequence[Mapping[str, Any]], schema: pa.Schema, run_id: 
     """
     columns = [pa.repeat(pa.scalar(run_id, pa.string()), len(rows))]
     for field in list(schema)[1:]:
-        columns.append(_column([row.get(field.name) for row in rows], field.type))
+        if field.name == "rank":
+            columns.append(pa.repeat(pa.scalar(rank, pa.int64()), len(rows)))
+        else:
+            columns.append(_column([row.get(field.name) for row in rows], field.type))
     table = pa.Table.from_arrays(columns, schema=schema)
     return table.sort_by([(key, "ascending") for key in SORT_KEYS[1:]])
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-__all__ = ["SCHEMA_VERSION", "VERSION_KEY", "METRICS_SCHEMA", "EVENTS_SCHEMA", "SCHEMAS", "NULLABLE_INTS", "SORT_KEYS"]
+__all__ = ["SCHEMA_VERSION", "VERSION_KEY", "METRICS_SCHEMA", "EVENTS_SCHEMA", "SCHEMAS", "NULLABLE_INTS", "SORT_KEYS", "OPTIONAL_COLUMNS"]
 
 SCHEMA_VERSION: int = 1
 VERSION_KEY = "ndtracker_schema_version"
@@ -25,14 +25,18 @@ METRICS_SCHEMA: pa.Schema = _schema("metrics", [
     ("effective_rank", pa.float64()), ("energy90", pa.int64()),
     ("rows", pa.int64()), ("cols", pa.int64()), ("estimator", pa.string()),
     ("loss", pa.float64()), ("wall_time", pa.float64()), ("status", pa.string()),
+    ("rank", pa.int64()),
 ])  # fmt: skip
 EVENTS_SCHEMA: pa.Schema = _schema("events", [
     ("run_id", pa.string()), ("step", pa.int64()), ("layer", pa.string()), ("space", pa.string()),
     ("metric", pa.string()), ("kind", pa.string()), ("direction", pa.int8()),
     ("size", pa.float64()), ("z", pa.float64()), ("phase", pa.string()),
-    ("wall_time", pa.float64()),
+    ("wall_time", pa.float64()), ("rank", pa.int64()),
 ])  # fmt: skip
 
 SCHEMAS: dict[str, pa.Schema] = {"metrics": METRICS_SCHEMA, "events": EVENTS_SCHEMA}
-NULLABLE_INTS = {"energy90": "Int64", "direction": "Int8"}  # pandas dtypes that keep nulls
-SORT_KEYS = ("run_id", "step", "layer", "space")
+NULLABLE_INTS = {"energy90": "Int64", "direction": "Int8", "rank": "Int64"}  # pandas dtypes that keep nulls
+SORT_KEYS = ("run_id", "step", "layer", "space", "rank")  # rank: ranks="all" of a distributed job
+# Columns added after schema version 1 first shipped: parts without them read as null. ``rank`` is
+# the global rank of the process that wrote the row in a torch.distributed job (null otherwise).
+OPTIONAL_COLUMNS = ("rank",)

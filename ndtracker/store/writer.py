@@ -20,6 +20,7 @@ import warnings
 import weakref
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,15 @@ from ndtracker.store.schema import SCHEMAS
 __all__ = ["RunWriter"]
 
 SIGNAL_LOCK_SECS = 10.0  # how long a signal handler waits for a flush in progress
+RANK_SEQ_SPAN = 10**8  # rank r of a distributed job numbers its parts from r * RANK_SEQ_SPAN
+
+
+@dataclass(frozen=True)
+class _Identity:
+    """Which run a writer adds to, and as which rank of a distributed job (None: not distributed)."""
+
+    run_id: str
+    rank: int | None
 
 
 class _Buffer:
@@ -87,9 +97,11 @@ class _Run:
     any lock); ``close`` also waits for the final flush.
     """
 
-    def __init__(self, run_dir: Path, entry: dict[str, Any], flush_secs: float, limit: int) -> None:
-        self.run_dir, self.entry, self.run_id = run_dir, entry, entry["run_id"]
-        self.flush_secs, self.limit, self.pid = flush_secs, limit, os.getpid()
+    def __init__(
+        self, run_dir: Path, entry: dict[str, Any] | None, flush_secs: float, limit: int, rank: _Identity
+    ) -> None:
+        self.run_dir, self.entry, self.run_id = run_dir, entry, rank.run_id
+        self.flush_secs, self.limit, self.pid, self.rank = flush_secs, limit, os.getpid(), rank.rank
         self.buffers = {name: _Buffer() for name in SCHEMAS}
         self.io_lock, self.stop = threading.Lock(), threading.Event()
         self.io_owner: int | None = None  # the thread holding io_lock
@@ -97,7 +109,7 @@ class _Run:
         self.failing: set[str] = set()  # tables whose last write failed
         self.warned: set[str] = set()  # one-off warnings already given
         self.run_file = _stamp(run_dir / "run.json")  # run.json as last seen holding our entry
-        self.compactor = Compactor(run_dir, self.run_id, self._warn)
+        self.compactor = Compactor(run_dir, self.run_id, self._warn, (rank.rank or 0) * RANK_SEQ_SPAN)
         self._ensure_part("events")  # DuckDB and Polars globs need a file, events may never come
         self.thread = threading.Thread(target=self._loop, name=f"ndtracker-{self.run_id}", daemon=True)
         _OPEN.add(self)
@@ -194,7 +206,7 @@ class _Run:
 
     def _to_arrow(self, name: str, rows: list[Mapping[str, Any]]) -> pa.Table | None:
         try:
-            return rows_to_table(rows, SCHEMAS[name], self.run_id)
+            return rows_to_table(rows, SCHEMAS[name], self.run_id, self.rank)
         except Exception as error:  # unreadable rows would otherwise be retried forever
             self._warn(f"ndtracker dropped {len(rows)} {name} rows it could not convert: {error!r}")
             return None
@@ -209,7 +221,8 @@ class _Run:
 
     def _ensure_part(self, name: str) -> None:
         """Write an empty part of table ``name`` if it has none, so that globs over it work."""
-        if self.compactor.parts[name].next_seq == 0:
+        parts = self.compactor.parts[name]
+        if parts.next_seq == parts.first_seq:
             try:
                 self._write_part(name, SCHEMAS[name].empty_table())
             except Exception as error:
@@ -218,8 +231,8 @@ class _Run:
     def _check_registered(self) -> None:
         """Restore this run's ``run.json`` entry if the file changed and lost it (warned once)."""
         stamp = _stamp(self.run_dir / "run.json")
-        if stamp is not None and stamp == self.run_file:
-            return
+        if self.entry is None or stamp is not None and stamp == self.run_file:
+            return  # (a rank joining another rank's run leaves run.json to that rank)
         try:
             restored = ensure_registered(self.run_dir, self.entry)
         except NdtrackerError as error:  # a damaged run.json: the parts still load without it
@@ -304,6 +317,12 @@ class RunWriter:
         flush_secs: Seconds between background flushes (default 5.0); must be positive.
         max_buffer_rows: Rows buffered per table (default 200 000): beyond it ``append`` writes
             them at once while the disk works, and the oldest are dropped while writing fails.
+        rank: The global rank of this process in a torch.distributed job, stored in the ``rank``
+            column of every row (default None: not distributed).
+        run_id: Join this run, already registered in ``log_dir/run.json`` by another rank of the
+            job, instead of registering a new one (``run_info`` is then not stored, and run.json
+            is left to that rank). Parts are numbered from ``rank * RANK_SEQ_SPAN``, so no two
+            ranks ever write one file and each rank compacts only its own parts.
 
     Raises:
         ValueError: ``log_dir`` is a file or cannot be created or written (a full disk
@@ -330,16 +349,19 @@ class RunWriter:
         run_info: Mapping[str, Any],
         flush_secs: float = 5.0,
         max_buffer_rows: int = 200_000,
+        rank: int | None = None,
+        run_id: str | None = None,
     ) -> None:
         _check_options(run_info, flush_secs, max_buffer_rows)
         run_dir = validate_log_dir(log_dir)
         try:
             open_run_dir(run_dir)
-            entry = register_run(run_dir, dict(run_info))
+            entry = register_run(run_dir, dict(run_info)) if run_id is None else None
         except OSError as error:  # a full disk: say so in one line, naming the directory
             raise ValueError(f"log_dir={str(log_dir)!r} cannot be written ({error}); free some "
                              "space or pass a directory you can write to") from None  # fmt: skip
-        self._run = _Run(run_dir, entry, float(flush_secs), max_buffer_rows)
+        identity = _Identity(run_id or entry["run_id"], rank)  # type: ignore[index]
+        self._run = _Run(run_dir, entry, float(flush_secs), max_buffer_rows, identity)
         signals.install(_flush_open_runs)
         self._finalizer = weakref.finalize(self, self._run.release)  # a dropped writer still flushes
         self._finalizer.atexit = False  # `_close_open_runs` waits for the final flush instead

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ndtracker import spectra
+from ndtracker.tracking.distributed import local_tensor
 from ndtracker.tracking.layers import TrackedLayer, first_tensor
 from ndtracker.spectra import full_precision
 from ndtracker.tracking.options import Options
@@ -96,6 +97,7 @@ class Capturer:
             if tensor is None:
                 self._warn(layer.name, "activation", NO_TENSOR.format(type(output).__name__))
                 return
+            tensor = local_tensor(tensor)  # a DTensor's shard, a pending collective's result
             with torch.no_grad(), full_precision([tensor.device.type]):
                 layer.capture = own_copy(self._matrix(layer, tensor), tensor)
             layer.captured_in_training = training

@@ -23,6 +23,7 @@ from torch import nn
 
 from ndtracker import store
 from ndtracker.checks import boolean, non_negative_int, optional_positive_int, positive_int, positive_seconds
+from ndtracker.tracking import distributed
 from ndtracker.tracking.capture import Capturer
 from ndtracker.tracking.layers import (
     DEFAULT_MAX_LAYERS, LayerSpec, recompile_with_hooks, select_layers, unwrapped, warn_unmeasured,
@@ -158,6 +159,16 @@ class Tracker:
             :mod:`ndtracker.tracking.sinks`), e.g. ``TensorBoardSink``, ``WandbSink`` or
             ``MlflowSink`` from :mod:`ndtracker.integrations`. A sink that raises is warned about
             once and never stops training; ``close()`` closes the sinks.
+        ranks: In a torch.distributed job (initialised before the Tracker is built, on every
+            rank, after wrapping the model with DDP, ``fully_shard`` or ``parallelize_module``):
+            the rank that writes the run (default 0: one run per job), or ``"all"``: every rank
+            writes its own parts of the same run (its ``rank`` column tells them apart). Ignored
+            without torch.distributed.
+        activations: In a torch.distributed job, ``"global"`` (default): a layer's activation
+            metrics are those of all ranks' captured rows together, centred with the global mean,
+            as if one process had seen the whole batch (``max_rows`` caps the global rows; a
+            tensor-parallel layer is measured on all its features); ``"local"``: each rank
+            measures its own rows. Weights are always measured whole (sharded ones included).
 
     Raises:
         TypeError: If ``model`` is not an ``nn.Module``, an option has the wrong type or a sink
@@ -200,6 +211,8 @@ class Tracker:
         max_buffer_rows: int = DEFAULT_MAX_BUFFER_ROWS,
         seed: int = 0,
         sinks: Sequence[Sink] | None = None,
+        ranks: int | Literal["all"] = 0,
+        activations: Literal["global", "local"] = "global",
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -209,6 +222,7 @@ class Tracker:
             estimator=estimator, conv=conv, hooks=hooks, max_rows=max_rows, center=center,
             track_eval=track_eval, output_key=output_key, seed=seed,
         )  # fmt: skip
+        self._parallel = distributed.setup(model, ranks, activations)
         self._step = non_negative_int("start_step", start_step)
         writing = {
             "start_step": self._step, "flush_secs": positive_seconds("flush_secs", flush_secs),
@@ -220,8 +234,9 @@ class Tracker:
         self._closed = False
         self._warned: set[tuple[str, str]] = set()
         self._detectors = SeriesDetectors(detector_factory(boolean("detect", detect)), self._warn_once)
-        self._writer = _open_writer(log_dir, self._run_info(writing), writing)
-        self._capturer = Capturer(self._model, self._layers, self._options, self._warn_once)
+        self._writer = _open_writer(log_dir, self._run_info(writing), writing, self._parallel)
+        capturing = self._options if self._parallel is None else self._parallel.capture_options(self._options)
+        self._capturer = Capturer(self._model, self._layers, capturing, self._warn_once)
         recompile_with_hooks(model, _warn_at_user)
         if self._is_sampled(self._step):
             self._capturer.arm()
@@ -318,8 +333,12 @@ class Tracker:
             with_weights = self._options.weights_at(step)
             if with_weights:  # a replaced module or a complex weight: say why no weight row
                 warn_unmeasured(self._layers, self._warn_once)
-            jobs, keys = sample_jobs(self._layers, self._options, with_weights, self._warn_once)
-            results = measure_jobs(jobs, keys, self._warn_once)
+            if self._parallel is not None:  # the same collectives on every rank
+                jobs, keys, results = self._parallel.measure(
+                    self._layers, self._options, step, with_weights, self._warn_once)  # fmt: skip
+            else:
+                jobs, keys = sample_jobs(self._layers, self._options, with_weights, self._warn_once)
+                results = measure_jobs(jobs, keys, self._warn_once)
             loss = loss_value(loss, self._warn_once)  # read after the measurement's transfer: no extra GPU stall
             rows = [
                 log_row(step, (name, space), jobs[i], results[i], self._options.metrics, self._warn_once)
@@ -356,18 +375,26 @@ class Tracker:
             self._warn_once("*", "events", f"could not log events: {error!r}")
 
     def _run_info(self, writing: dict[str, Any]) -> dict[str, Any]:
-        return {
+        info = {
             "model": type(self._model).__name__, "options": {**self._options.as_dict(), **writing},
             "layers": [layer.info() for layer in self._layers],
             "ndtracker_version": __version__, "torch_version": torch.__version__,
         }  # fmt: skip
+        if self._parallel is not None:
+            info["distributed"] = self._parallel.info()
+        return info
 
 
-def _open_writer(log_dir: str | os.PathLike | None, run_info: dict[str, Any], writing: dict[str, Any]):
+def _open_writer(
+    log_dir: str | os.PathLike | None, run_info: dict[str, Any], writing: dict[str, Any], parallel=None
+):
     if log_dir is not None and not isinstance(log_dir, (str, os.PathLike)):
         raise TypeError(f"log_dir must be a path (a str or os.PathLike) or None, got {log_dir!r}")
     if log_dir is None:
         log_dir = time.strftime("runs/ndtracker-%Y%m%d-%H%M%S")
+    if parallel is not None:  # one rank registers the run; the others join it or write nothing
+        amend = _resumed if writing["start_step"] > 0 else None
+        return parallel.open_writer(log_dir, run_info, writing, amend)
     path = store.validate_log_dir(log_dir)
     if writing["start_step"] > 0:
         run_info = {**run_info, **_resumed(path)}
