@@ -37,12 +37,12 @@ def model() -> nn.Sequential:
 def train(steps: int, log_dir: str) -> None:
     x, y = data()
     net = model()
-    opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
+    opt = torch.optim.SGD(net.parameters(), lr=0.01)
     generator = torch.Generator().manual_seed(0)
     shutil.rmtree(log_dir, ignore_errors=True)
     with ndtracker.Tracker(net, every=5, log_dir=log_dir, gradients=True, probes=True) as tracker:
         for _ in range(steps):
-            index = torch.randint(0, x.shape[0], (128,), generator=generator)
+            index = torch.randint(0, x.shape[0], (64,), generator=generator)
             loss = nn.functional.cross_entropy(net(x[index]), y[index])
             loss.backward()
             opt.step()
@@ -54,10 +54,9 @@ def summarise(log_dir: str) -> None:
     rep = ndtracker.report(log_dir)
     steps, loss = rep.loss
     print(f"{len(rep.layers)} layers, {steps.size} samples, loss {loss[0]:.3f} -> {loss[-1]:.3f}")
-    print("\nphases of stable rank (activation space):")
-    act = rep.phases[rep.phases.space == "activation"]
-    for layer, rows in act.groupby("layer", sort=False):
-        print(f"  {layer}: " + ", ".join(f"{r.kind} {r.start_step}-{r.end_step}" for r in rows.itertuples()))
+    print("\nphases of stable rank:")
+    for (layer, space), rows in rep.phases.groupby(["layer", "space"], sort=False):
+        print(f"  {layer} ({space}): " + ", ".join(f"{r.kind} {r.start_step}-{r.end_step}" for r in rows.itertuples()))
     jumps = rep.jumps.groupby("space").size().reindex(["activation", "weight"], fill_value=0)
     print(f"\njumps: {jumps['activation']} in activation space, {jumps['weight']} in weight space")
     table = rep.correlations

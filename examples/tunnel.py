@@ -2,12 +2,12 @@
 
 Masarczyk et al. (NeurIPS 2023) find that in deep networks the representation's rank collapses in
 the deeper layers (the *tunnel*), that the tunnel forms early in training, and that linear-probe
-accuracy stops improving where it starts. This script trains two deep MLPs (12 blocks of width 64 by default) on scikit-learn's
+accuracy stops improving where it starts. This script trains two deep MLPs (12 blocks of width 128 by default) on scikit-learn's
 digits, one plain (``x -> relu(Wx)``) and one residual (``x -> x + relu(Wx)``), tracks each
 block's output with linear probes and layer similarity, and prints where the tunnel starts, when
 it formed, where probe accuracy stops rising, and the CKA of the deepest blocks.
 
-Run: ``python examples/tunnel.py [--steps 800] [--depth 12] [--width 64] [--log-dir runs/tunnel]``.
+Run: ``python examples/tunnel.py [--steps 800] [--depth 12] [--width 128] [--log-dir runs/tunnel]``.
 """
 
 from __future__ import annotations
@@ -23,6 +23,10 @@ from torch import nn
 
 import ndtracker
 from ndtracker.reports.science import cka_at, tunnel_formed
+
+
+METRIC = "effective_rank"  # the closest of ours to the paper's numerical rank
+METRICS = ("stable_rank", "effective_rank")
 
 
 class Block(nn.Module):
@@ -52,7 +56,7 @@ def train(model: nn.Sequential, data, steps: int, log_dir: Path, seed: int = 0) 
     blocks = [name for name, module in model.named_children() if isinstance(module, Block)]
     shutil.rmtree(log_dir, ignore_errors=True)
     with ndtracker.Tracker(model, every=10, log_dir=str(log_dir), layers=blocks, spaces="activation",
-                           probes=True, similarity=True, detect=False) as tracker:  # fmt: skip
+                           metrics=METRICS, probes=True, similarity=True, detect=False) as tracker:  # fmt: skip
         for _ in range(steps):
             index = torch.randint(0, x.shape[0], (128,), generator=generator)
             loss = nn.functional.cross_entropy(model(x[index]), y[index])
@@ -60,7 +64,7 @@ def train(model: nn.Sequential, data, steps: int, log_dir: Path, seed: int = 0) 
             opt.step()
             opt.zero_grad()
             tracker.step(loss=loss, labels=y[index])
-    return ndtracker.report(log_dir)
+    return ndtracker.report(log_dir, metric=METRIC)
 
 
 def describe(name: str, rep) -> None:
@@ -69,7 +73,7 @@ def describe(name: str, rep) -> None:
     print(f"\n== {name}", flush=True)
     print(f"loss {rep.loss[1][0]:.3f} -> {rep.loss[1][-1]:.3f}")
     profile = [s.values[-1] for s in rep.series]
-    print("stable rank over depth at the last step:", " ".join(f"{v:.1f}" for v in profile))
+    print(f"{METRIC} over depth at the last step:", " ".join(f"{v:.1f}" for v in profile))
     onsets = tunnel.onset_index.astype("Float64").to_numpy(dtype=float, na_value=np.nan)
     print(f"tunnel onset over the run (every 10th sample): {[None if np.isnan(v) else int(v) for v in onsets[::10]]}")
     if np.isnan(onsets[-1]):
@@ -93,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=800)
     parser.add_argument("--depth", type=int, default=12)
-    parser.add_argument("--width", type=int, default=64)
+    parser.add_argument("--width", type=int, default=128)
     parser.add_argument("--log-dir", default="runs/tunnel")
     args = parser.parse_args(argv)
     digits = load_digits()

@@ -11,9 +11,10 @@ below ``fraction`` times the largest value among the layers before ``k``, and at
 so far and never recovers; ``min_length=2`` keeps the last layer alone (a classifier head whose
 output has as many columns as classes) from counting as a tunnel.
 
-**Onset settled.** Over the sampled steps, the first step from which the onset keeps its final
-value to the end of the run ("the tunnel formed by step N"); ``None`` when the final onset is
-``None``.
+**Onset settled.** Over the sampled steps, the first step from which the onset stays within
+``tolerance`` layers (default :data:`SETTLE_TOLERANCE` = 1) of its final value to the end of the
+run ("the tunnel formed by step N"), so a boundary that jitters by one layer still counts as
+formed; ``None`` when the final onset is ``None``.
 
 **Saturation over depth.** For a profile that should rise with depth (linear-probe accuracy), the
 first index ``k`` such that no later layer beats the best of layers ``0..k`` by more than
@@ -30,13 +31,16 @@ from collections.abc import Sequence
 import numpy as np
 from numpy.typing import ArrayLike
 
-__all__ = ["TUNNEL_FRACTION", "TUNNEL_MIN_LENGTH", "SATURATION_TOLERANCE", "tunnel_onset", "onset_settled", "saturation_index"]
+__all__ = ["TUNNEL_FRACTION", "TUNNEL_MIN_LENGTH", "SETTLE_TOLERANCE", "SATURATION_TOLERANCE", "tunnel_onset", "onset_settled", "saturation_index"]
 
 TUNNEL_FRACTION = 0.5
 """A layer is inside the tunnel when its metric is below this fraction of the peak before it."""
 
 TUNNEL_MIN_LENGTH = 2
 """The fewest layers a tunnel spans (so a lone small output head is not one)."""
+
+SETTLE_TOLERANCE = 1
+"""Layers the onset may move by, once settled."""
 
 SATURATION_TOLERANCE = 0.01
 """Gains over depth at most this large (absolute, e.g. accuracy) do not count as improving."""
@@ -98,12 +102,16 @@ def _low_suffix(v: np.ndarray, peaks: np.ndarray, fraction: float) -> np.ndarray
     return out
 
 
-def onset_settled(steps: Sequence[int] | np.ndarray, onsets: Sequence[int | None]) -> int | None:
-    """Return the first step from which the onset equals its final value to the end, or None.
+def onset_settled(
+    steps: Sequence[int] | np.ndarray, onsets: Sequence[int | None], *, tolerance: int = SETTLE_TOLERANCE
+) -> int | None:
+    """Return the first step from which the onset stays within ``tolerance`` of its final value.
 
     Args:
         steps: Sampled steps, increasing, shape ``(n,)``.
         onsets: The tunnel onset at each step (None where there is no tunnel), shape ``(n,)``.
+        tolerance: Layers the onset may differ from its final value by (non-negative; default
+            :data:`SETTLE_TOLERANCE`).
 
     Returns:
         The step, or None when there are no steps or the last onset is None.
@@ -111,13 +119,17 @@ def onset_settled(steps: Sequence[int] | np.ndarray, onsets: Sequence[int | None
     Example:
         >>> onset_settled([0, 10, 20, 30], [None, 5, 3, 3])
         20
+        >>> onset_settled([0, 10, 20, 30], [None, 5, 4, 3], tolerance=0)
+        30
     """
     if len(steps) != len(onsets):
         raise ValueError(f"steps and onsets differ in length: {len(steps)} and {len(onsets)}")
+    if tolerance < 0:
+        raise ValueError(f"tolerance must be non-negative, got {tolerance!r}")
     if not len(onsets) or _missing(onsets[-1]):
         return None
     final, first = onsets[-1], len(onsets) - 1
-    while first > 0 and not _missing(onsets[first - 1]) and onsets[first - 1] == final:
+    while first > 0 and not _missing(onsets[first - 1]) and abs(onsets[first - 1] - final) <= tolerance:
         first -= 1
     return int(steps[first])
 

@@ -22,8 +22,10 @@ The conditions (:data:`CONDITIONS`):
     ``unstable_move``) and reverses often (at least ``reversals`` of consecutive changes flip
     sign). Steps: first to last sample with such a change.
 ``information_flow``
-    With at least 4 layers: every layer of the first half of depth has plateaued, every layer of
-    the second half has not expanded over the run (``total <= stall``) and sits below the lowest
+    Activation space only (how the study reads it; weight spectra start full at a random
+    initialisation). With at least 4 layers: every layer of the first half of depth is
+    saturated (plateaued, and not lower at the end than at the start: ``total >= -stall``), every
+    layer of the second half has not expanded over the run (``total <= stall``) and sits below the lowest
     early layer (``m(Q4)``). Steps: the second half of the run.
 
 A smooth healthy run (layers expand and settle together) triggers none of them.
@@ -145,7 +147,7 @@ def _findings(shapes: list[_Shape], space: str, widths: Mapping, t: Thresholds) 
         span = _unstable_span(shape, t)
         if span is not None:
             found.append(("unstable", (shape.layer,), *span))
-    flow = _information_flow(shapes, t)
+    flow = _information_flow(shapes, t) if space == "activation" else None
     if flow is not None:
         found.append(flow)
     return found
@@ -176,7 +178,7 @@ def _information_flow(shapes: list[_Shape], t: Thresholds) -> tuple | None:
     if len(shapes) < 4:
         return None
     early, later = shapes[: len(shapes) // 2], shapes[len(shapes) // 2 :]
-    if not all(abs(s.late) <= t.stall for s in early):
+    if not all(abs(s.late) <= t.stall and s.total >= -t.stall for s in early):
         return None
     floor = min(s.last for s in early)
     if not all(s.total <= t.stall and s.last < floor for s in later):

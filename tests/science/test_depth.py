@@ -60,14 +60,23 @@ def test_bad_options_raise(option, value):
 
 def test_settled_is_the_start_of_the_final_run_of_equal_onsets():
     steps = [0, 5, 10, 15, 20]
-    assert onset_settled(steps, [None, 4, 3, 3, 3]) == 10
-    assert onset_settled(steps, [3, 3, 3, 3, 3]) == 0
+    assert onset_settled(steps, [None, 4, 3, 3, 3], tolerance=0) == 10
+    assert onset_settled(steps, [3, 3, 3, 3, 3], tolerance=0) == 0
     assert onset_settled(steps, [3, 3, 3, 3, None]) is None
     assert onset_settled(steps, [3, None, 3, 3, 3]) == 10
     assert onset_settled(steps, [3, math.nan, 3, 3, 3]) == 10
     assert onset_settled([], []) is None
     with pytest.raises(ValueError, match="differ in length"):
         onset_settled([0, 1], [1])
+    with pytest.raises(ValueError, match="tolerance"):
+        onset_settled([0], [1], tolerance=-1)
+
+
+def test_settled_allows_a_one_layer_jitter_by_default():
+    steps = [0, 5, 10, 15, 20]
+    assert onset_settled(steps, [None, 6, 4, 3, 4]) == 10
+    assert onset_settled(steps, [None, 6, 4, 3, 4], tolerance=0) == 20
+    assert onset_settled(steps, [8, 6, 4, 3, 4], tolerance=2) == 5
 
 
 @pytest.mark.parametrize(

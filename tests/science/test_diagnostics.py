@@ -67,6 +67,17 @@ def test_information_flow_early_saturated_later_flat():
     assert list(zip(found.condition, found.layers)) == [("information_flow", tuple(f"l{i}" for i in range(6)))]
 
 
+def test_early_layers_that_collapsed_are_not_saturated():
+    falling = [series(f"l{i}", noisy(level * (1 + np.exp(-T / 10)), i)) for i, level in enumerate((40, 38, 36))]
+    run = falling + [series(f"l{i}", noisy(np.full(STEPS.size, level), i)) for i, level in ((3, 3.0), (4, 2.5), (5, 2.0))]
+    assert _conditions(run) == []
+
+
+def test_information_flow_is_read_in_activation_space_only():
+    run = [series(f"l{i}", noisy(np.full(STEPS.size, level), i), "weight") for i, level in enumerate((40, 38, 36, 3, 2.5, 2))]
+    assert _conditions(run) == []
+
+
 def test_information_flow_needs_later_layers_flat():
     run = [series(f"l{i}", noisy(np.full(STEPS.size, level), i)) for i, level in enumerate((40, 38, 36))]
     run += [series(f"l{i}", settling(level, i)) for i, level in ((3, 3.0), (4, 2.5), (5, 2.0))]

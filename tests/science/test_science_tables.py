@@ -31,7 +31,7 @@ def test_tunnel_onset_per_step_and_when_it_formed():
     assert tunnel.step.tolist() == [0, 5, 10, 15, 20]
     assert tunnel.onset_index.tolist() == [pd.NA, pd.NA, 3, 2, 2]
     assert tunnel.onset_layer.tolist() == [None, None, "l3", "l2", "l2"]
-    assert tunnel_formed(tunnel) == 15
+    assert tunnel_formed(tunnel) == 10  # onsets 3, 2, 2: within one layer of the final one
     assert tunnel_formed(tunnel, "weight") is None
 
 
