@@ -75,20 +75,24 @@ def describe(name: str, rep) -> None:
     profile = [s.values[-1] for s in rep.series]
     print(f"{METRIC} over depth at the last step:", " ".join(f"{v:.1f}" for v in profile))
     onsets = tunnel.onset_index.astype("Float64").to_numpy(dtype=float, na_value=np.nan)
-    print(f"tunnel onset over the run (every 10th sample): {[None if np.isnan(v) else int(v) for v in onsets[::10]]}")
+    shown = [None if np.isnan(v) else int(v) + 1 for v in onsets[::10]]
+    print(f"tunnel onset block over the run (every 10th sample): {shown}")
     if np.isnan(onsets[-1]):
         print("no tunnel at the last step")
     else:
-        print(f"tunnel from block {int(last.onset_index)} ({last.onset_layer}) of {len(rep.layers)}; "
+        print(f"tunnel from block {int(last.onset_index) + 1} of {len(rep.layers)} (module {last.onset_layer!r}); "
               f"the tunnel formed by step {tunnel_formed(rep.tunnel)}")  # fmt: skip
-    print(f"probe accuracy stops rising at block {last.probe_saturation_index} ({last.probe_saturation_layer})")
+    print(f"probe accuracy stops rising at block {last.probe_saturation_index + 1} (module "
+          f"{last.probe_saturation_layer!r})")  # fmt: skip
     act = ndtracker.load(rep.run_dir, columns=["step", "layer", "space", "probe_accuracy"])
     final = act[act.step == act.step.max()].set_index("layer").probe_accuracy.reindex(list(rep.layers))
     print("probe accuracy over depth at the last step:", " ".join(f"{v:.2f}" for v in final))
     step = int(rep.similarity.step.max())
     cka = cka_at(rep.similarity, step, list(rep.layers))
-    deep = cka[len(rep.layers) // 2 :, len(rep.layers) // 2 :]
-    print(f"mean CKA among the deeper half of the blocks at step {step}: {np.nanmean(deep):.3f}")
+    cut = len(rep.layers) // 2 if np.isnan(onsets[-1]) else int(onsets[-1])
+    inside, before = cka[cut:, cut:], cka[:cut, :cut]
+    print(f"mean CKA at step {step} among blocks {cut + 1}-{len(rep.layers)}: {np.nanmean(inside):.3f}, "
+          f"among blocks 1-{cut}: {np.nanmean(before):.3f}")  # fmt: skip
     for row in rep.diagnostics.itertuples():
         print(f"diagnostic: {row.condition} at steps {row.first_step}-{row.last_step}: {row.meaning}")
 
