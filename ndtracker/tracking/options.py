@@ -87,7 +87,7 @@ def check_options(model: nn.Module, **given: Any) -> Options:
         track_eval=boolean("track_eval", given["track_eval"]),
         output_key=given["output_key"],
         seed=int(given["seed"]),
-        **{name: flag(name, given.get(name, False)) for name in ("gradients", "similarity", "probes")},
+        **{name: boolean(name, given.get(name, False)) for name in ("gradients", "similarity", "probes")},
     )
     check_extras(options)
     return options
@@ -99,13 +99,6 @@ def check_extras(options: Options) -> None:
         if getattr(options, name) and space not in options.spaces:
             raise ValueError(f"{name}=True needs the {space} space, got spaces={options.spaces!r}; "
                              f"add {space!r} to spaces or drop {name}=True")  # fmt: skip
-
-
-def flag(name: str, value: Any) -> bool:
-    """An on/off option: ``True`` or ``False`` only (a typo such as ``"no"`` would read as on)."""
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be True or False, got {value!r}")
-    return value
 
 
 def hook_mode(requested: str, model: nn.Module) -> str:
