@@ -2,10 +2,11 @@
 
 Masarczyk et al. (NeurIPS 2023) find that in deep networks the representation's rank collapses in
 the deeper layers (the *tunnel*), that the tunnel forms early in training, and that linear-probe
-accuracy stops improving where it starts. This script trains two deep MLPs (12 blocks of width 128 by default) on scikit-learn's
-digits, one plain (``x -> relu(Wx)``) and one residual (``x -> x + relu(Wx)``), tracks each
-block's output with linear probes and layer similarity, and prints where the tunnel starts, when
-it formed, where probe accuracy stops rising, and the CKA of the deepest blocks.
+accuracy stops improving where it starts. This script trains two deep MLPs (12 blocks of width
+128 by default) on scikit-learn's digits, one plain (``x -> relu(Wx)``, He-initialised) and one
+residual (``x -> x + relu(Wx) / sqrt(depth)``), tracks each block's output with linear probes and
+layer similarity, and prints where the tunnel starts (on ``effective_rank``), when it formed, where
+probe accuracy stops rising, and the CKA inside the tunnel vs before it.
 
 Run: ``python examples/tunnel.py [--steps 800] [--depth 12] [--width 128] [--log-dir runs/tunnel]``.
 """

@@ -31,7 +31,10 @@ from collections.abc import Sequence
 import numpy as np
 from numpy.typing import ArrayLike
 
-__all__ = ["TUNNEL_FRACTION", "TUNNEL_MIN_LENGTH", "SETTLE_TOLERANCE", "SATURATION_TOLERANCE", "tunnel_onset", "onset_settled", "saturation_index"]
+__all__ = [
+    "TUNNEL_FRACTION", "TUNNEL_MIN_LENGTH", "SETTLE_TOLERANCE", "SATURATION_TOLERANCE",
+    "tunnel_onset", "onset_settled", "saturation_index",
+]  # fmt: skip
 
 TUNNEL_FRACTION = 0.5
 """A layer is inside the tunnel when its metric is below this fraction of the peak before it."""

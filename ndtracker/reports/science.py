@@ -38,7 +38,9 @@ __all__ = [
 MIN_CORRELATION_SAMPLES = 3
 """Fewer samples with both values finite give NaN correlations."""
 
-TUNNEL_COLUMNS = ["step", "space", "metric", "onset_index", "onset_layer", "probe_saturation_index", "probe_saturation_layer"]
+TUNNEL_COLUMNS = [
+    "step", "space", "metric", "onset_index", "onset_layer", "probe_saturation_index", "probe_saturation_layer",
+]  # fmt: skip
 CORRELATION_COLUMNS = [
     "layer", "space", "metric", "samples", "spearman_loss", "pearson_loss", "grad_samples",
     "spearman_grad_norm", "pearson_grad_norm",
@@ -108,7 +110,9 @@ def _names(layers: list[str], indices: list[int | None]) -> pd.Series:
     return pd.Series([None if k is None else layers[k] for k in indices], dtype=object)
 
 
-def _probe_saturation(probes: pd.DataFrame | None, space: str, layers: list[str], steps: np.ndarray) -> list[int | None]:
+def _probe_saturation(
+    probes: pd.DataFrame | None, space: str, layers: list[str], steps: np.ndarray
+) -> list[int | None]:
     if probes is None or space != "activation" or not len(probes):
         return [None] * steps.size
     rows = probes[(probes["space"] == space) & probes["layer"].isin(layers)]

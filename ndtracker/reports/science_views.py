@@ -133,7 +133,8 @@ def _depth_section(rep: Report) -> list[str]:
         saturation = rows.set_index("step")["probe_saturation_index"].reindex(steps)
         saturation = np.array([np.nan if pd.isna(v) else float(v) for v in saturation])
         names = [display_name(name) for name in layers]
-        svg = depth_figures.depth_map(names, steps, grid, onset, saturation, f"{rep.metric}, {space} space", f"depth-{space}")
+        title = f"{rep.metric}, {space} space"
+        svg = depth_figures.depth_map(names, steps, grid, onset, saturation, title, f"depth-{space}")
         parts.append(_figure(svg, "Metric over depth (rows, input side on top) and steps; the line marks the "
                                   "tunnel onset, dots where probe accuracy stops rising."))  # fmt: skip
         chosen = profile_steps(steps, science.tunnel_formed(rep.tunnel, space))

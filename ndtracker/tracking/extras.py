@@ -142,7 +142,7 @@ class Extras:
         if self._gradients is not None:
             self._gradients.disarm()
 
-    def finish(self, step: int, labels: Any, now: float) -> tuple[dict[tuple[str, str], dict[str, Any]], list[dict[str, Any]]]:
+    def finish(self, step: int, labels: Any, now: float) -> tuple[dict[tuple[str, str], dict], list[dict]]:
         """The sample's extra cells per (layer, space) and its similarity rows; never raises."""
         cells: dict[tuple[str, str], dict[str, Any]] = {}
         if self._gradients is not None:
