@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from rich.progress import Progress
 
-from ndtracker.reports import figures
+from ndtracker.reports import figures, science_views
 from ndtracker.store.files import atomic_write
 from ndtracker.reports.story import GLOSSARY, layer_label, story_lines
 from ndtracker.reports.text import comparison_lines, display_name, info_lines, number
@@ -62,7 +62,7 @@ def write_page(title: str, sections: list[str], path: str | Path | None) -> str:
 
 def report_sections(rep: Report, bar: Progress) -> list[str]:
     """Return the HTML sections of a report: facts, overview plots, summary, layers, tables."""
-    sections = [_info(rep), _story(rep), *_overview(rep), _summary(rep)]
+    sections = [_info(rep), _story(rep), *_overview(rep), _summary(rep), *science_views.html_parts(rep, html_table)]
     return sections + _layers(rep, bar) + _tables(rep)
 
 

@@ -7,7 +7,7 @@ are imported only when a record is rendered, so the model never depends on a vie
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +117,19 @@ class Report(_Rendered):
             significance), ``before`` and ``after`` (levels either side).
         series: The series the tables were computed from, for plotting.
         notes: Warnings worth showing with the report (non-finite samples, other runs).
+        tunnel: Per sampled step and space, the tunnel onset over depth: ``step``, ``space``,
+            ``metric``, ``onset_index`` (0-based among the reported layers, null: no tunnel),
+            ``onset_layer``, and where linear-probe accuracy stops rising over depth
+            (``probe_saturation_index``, ``probe_saturation_layer``; null without probes). See
+            :mod:`ndtracker.detect.depth`.
+        correlations: Per layer and space, Spearman and Pearson correlation of the metric with
+            the loss and with the weight-gradient norm (``samples``, ``spearman_loss``,
+            ``pearson_loss``, ``grad_samples``, ``spearman_grad_norm``, ``pearson_grad_norm``).
+        diagnostics: Conditions read from the curves (:mod:`ndtracker.reports.diagnostics`):
+            ``condition``, ``space``, ``metric``, ``layers``, ``first_step``, ``last_step``,
+            ``meaning``.
+        similarity: The run's ``similarity`` table (CKA of layer pairs; empty unless the run
+            used ``similarity=True``).
     """
 
     run_dir: str
@@ -129,6 +142,10 @@ class Report(_Rendered):
     jumps: pd.DataFrame
     series: tuple[Series, ...]
     notes: tuple[str, ...] = ()
+    tunnel: pd.DataFrame = field(default_factory=pd.DataFrame)
+    correlations: pd.DataFrame = field(default_factory=pd.DataFrame)
+    diagnostics: pd.DataFrame = field(default_factory=pd.DataFrame)
+    similarity: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     @property
     def run_id(self) -> str:

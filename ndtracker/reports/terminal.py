@@ -20,6 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 from rich.table import Table
 from rich.text import Text
 
+from ndtracker.reports import science_views
 from ndtracker.reports.story import LEGEND, layer_label, story_lines
 from ndtracker.reports.text import comparison_lines, display_name, info_lines, literal, number
 from ndtracker.vocabulary import SPACES
@@ -56,7 +57,7 @@ def report_view(rep: Report) -> RenderableType:
     """Return the terminal summary of a report: run facts, the story, one table per space, warnings."""
     tables = [part for table in _space_tables(rep) for part in (Text(), table)]
     notes = [Text(f"warning: {literal(note)}", style="yellow") for note in rep.notes]
-    return Group(_header(rep), Text(), *_story(rep), *tables, *notes)
+    return Group(_header(rep), Text(), *_story(rep), *tables, *science_views.terminal_parts(rep), *notes)
 
 
 def _story(rep: Report) -> list[Text]:

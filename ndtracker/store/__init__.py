@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from ndtracker.store.layout import read_run_info, validate_log_dir
 from ndtracker.store.reader import load, read_table
-from ndtracker.store.schema import EVENTS_SCHEMA, METRICS_SCHEMA, SCHEMA_VERSION
+from ndtracker.store.schema import EVENTS_SCHEMA, METRICS_SCHEMA, SCHEMA_VERSION, SIMILARITY_SCHEMA
 from ndtracker.store.writer import RunWriter
 
 __all__ = [
-    "SCHEMA_VERSION", "METRICS_SCHEMA", "EVENTS_SCHEMA",
+    "SCHEMA_VERSION", "METRICS_SCHEMA", "EVENTS_SCHEMA", "SIMILARITY_SCHEMA",
     "RunWriter", "load", "read_table", "read_run_info", "validate_log_dir",
 ]  # fmt: skip

@@ -29,7 +29,8 @@ from ndtracker.store.files import RESOURCE_ERRORS, NotRegularFileError, open_reg
 from ndtracker.store.layout import PART_NAME, list_parts, read_run_info
 from ndtracker.store.runs import Selection, select_runs
 from ndtracker.store.schema import (
-    EVENTS_SCHEMA, METRICS_SCHEMA, NULLABLE_INTS, OPTIONAL_COLUMNS, SCHEMA_VERSION, SORT_KEYS, VERSION_KEY,
+    ADDED_COLUMNS, EVENTS_SCHEMA, METRICS_SCHEMA, NULLABLE_INTS, SCHEMA_VERSION, SCHEMAS, SORT_KEYS,
+    TABLE_SORT_KEYS, VERSION_KEY,
 )
 
 __all__ = ["load", "read_table", "read_parts", "sort_rows"]
@@ -149,20 +150,20 @@ def _read_open(handle: BinaryIO, path: Path, target: pa.Schema, strings: list[st
     except KeyError:  # a string column is missing: open it as is to say which
         part = pq.ParquetFile(handle)
     _check_version(part.schema_arrow, path)
-    present = [name for name in target.names if name in part.schema_arrow.names]
-    missing = [name for name in target.names if name not in present and name not in OPTIONAL_COLUMNS]
+    present = part.schema_arrow.names
+    missing = [name for name in target.names if name not in present and name not in ADDED_COLUMNS]
     if missing:
         _skip(path, f"it is not an ndtracker part (no column {missing[0]!r})")
         return None
-    return _with_optional(part.read(columns=present), target)
+    return _with_added_columns(part.read(columns=[name for name in target.names if name in present]), target)
 
 
-def _with_optional(table: pa.Table, target: pa.Schema) -> pa.Table:
-    """Add the :data:`OPTIONAL_COLUMNS` an older part lacks, as nulls, in ``target``'s order."""
-    for field in target:
+def _with_added_columns(table: pa.Table, target: pa.Schema) -> pa.Table:
+    """Add the columns of ``target`` a part written before they existed lacks, as nulls."""
+    for index, field in enumerate(target):
         if field.name not in table.column_names:
-            table = table.append_column(field.name, pa.nulls(len(table), field.type))
-    return table.select(target.names)
+            table = table.add_column(index, field, pa.nulls(table.num_rows, field.type))
+    return table
 
 
 def _conform(table: pa.Table, target: pa.Schema, path: Path, run_id: str | None) -> pa.Table | None:
@@ -189,7 +190,9 @@ def _skip(path: Path, why: str) -> None:
     warnings.warn(f"skipping {path}: {why}", RuntimeWarning, stacklevel=6)
 
 
-def sort_rows(table: pa.Table, runs: list[str], sort: bool = True) -> pa.Table:
+def sort_rows(
+    table: pa.Table, runs: list[str], sort: bool = True, key_columns: Sequence[str] = SORT_KEYS
+) -> pa.Table:
     """Sort rows by (run, step, layer, space, rank), stably, and keep the first of rows with equal keys.
 
     Args:
@@ -197,6 +200,8 @@ def sort_rows(table: pa.Table, runs: list[str], sort: bool = True) -> pa.Table:
             dictionary-encoded with one dictionary per column (``Table.unify_dictionaries``).
         runs: Run ids in the order their rows should come (by start time); others go last.
         sort: With False the rows keep their order; only the repeats are dropped.
+        key_columns: The key columns: the run, the step, then string columns (default ``run_id, step,
+            layer, space``; the similarity table's are ``run_id, step, layer_a, layer_b, space``).
 
     Returns:
         The table. A log written by one writer is in order and has no repeat, which costs one pass
@@ -205,10 +210,9 @@ def sort_rows(table: pa.Table, runs: list[str], sort: bool = True) -> pa.Table:
     if table.num_rows < 2:
         return table
     keys = [
-        _codes(table["run_id"], runs),
-        pc.fill_null(table["step"], -1).to_numpy(),
-        _codes(table["layer"]),
-        _codes(table["space"]),
+        _codes(table[key_columns[0]], runs),
+        pc.fill_null(table[key_columns[1]], -1).to_numpy(),
+        *(_codes(table[name]) for name in key_columns[2:] if name != "rank"),
     ]
     if "rank" in table.column_names:  # every rank of a distributed job writes its own rows
         keys.append(pc.fill_null(table["rank"], -1).to_numpy())
@@ -283,6 +287,7 @@ def load(
     run_id: str | Sequence[str] | None = None,
     events: bool = False,
     columns: Sequence[str] | None = None,
+    table: str | None = None,
 ) -> pd.DataFrame:
     """Load the rows of a run directory as a DataFrame, sorted by (run start, step, layer, space).
 
@@ -295,8 +300,12 @@ def load(
         run_id: None (default: the latest run, with the runs it resumes), ``"all"`` (every run;
             each row carries its ``run_id``), one run id, or a list (or comma-separated string) of
             run ids to read as one resumed run.
-        events: Load the events table (jumps and phases) instead of the metrics.
+        events: Load the events table (jumps and phases) instead of the metrics (the same as
+            ``table="events"``).
         columns: Load only these columns, in this order (default: all, in schema order).
+        table: Which table: ``"metrics"`` (default), ``"events"`` or ``"similarity"`` (layer
+            pairs' CKA, ``step, layer_a, layer_b, space, cka, rows, status``, written with
+            ``Tracker(..., similarity=True)``).
 
     Returns:
         One row per (step, layer, space) for metrics; ``energy90`` (and ``direction`` of events) are
@@ -305,16 +314,18 @@ def load(
     Raises:
         RunNotFoundError: ``run_dir`` does not exist or holds no run, or ``run_id`` names a run
             that is not in it.
-        ValueError: ``columns`` names an unknown column.
+        ValueError: ``columns`` names an unknown column, or ``table`` an unknown table or one that
+            contradicts ``events=True``.
         SchemaError: ``run.json`` or a part was written with a newer schema version.
 
     Damaged parts (truncated, not Parquet, other columns) are skipped with a warning naming them.
     """
+    name = _table_name(table, events)
     entries = read_run_info(run_dir)
     selection = select_runs(entries, run_id, run_dir)
     if run_id is None and selection.others:
         warnings.warn(_others_notice(run_dir, selection), UserWarning, stacklevel=2)
-    return _to_frame(_read(run_dir, entries, selection, events, columns, sort=True))
+    return _to_frame(_read(run_dir, entries, selection, name, columns, sort=True))
 
 
 def read_table(
@@ -324,11 +335,12 @@ def read_table(
     events: bool = False,
     columns: Sequence[str] | None = None,
     sort: bool = True,
+    table: str | None = None,
 ) -> pa.Table:
     """Load rows as a pyarrow Table, string columns dictionary-encoded: `load` without pandas.
 
     Args:
-        run_dir, run_id, events, columns: As for `load` (no warning about runs left out).
+        run_dir, run_id, events, columns, table: As for `load` (no warning about runs left out).
         sort: Sort as `load` does (default). With False the rows come in the order they were
             written (each run's parts in turn), which saves the sort's time and memory on a long
             run when the caller groups the rows itself. Either way a row repeated under the same
@@ -340,26 +352,37 @@ def read_table(
     Raises:
         RunNotFoundError, ValueError, SchemaError: As for `load`.
     """
+    name = _table_name(table, events)
     entries = read_run_info(run_dir)
-    return _read(run_dir, entries, select_runs(entries, run_id, run_dir), events, columns, sort)
+    return _read(run_dir, entries, select_runs(entries, run_id, run_dir), name, columns, sort)
+
+
+def _table_name(table: str | None, events: bool) -> str:
+    """The table to read: ``table``, or ``events``/``metrics`` from the ``events`` flag."""
+    if table is None:
+        return "events" if events else "metrics"
+    if table not in SCHEMAS or (events and table != "events"):
+        raise ValueError(f"table must be one of {tuple(SCHEMAS)} (and 'events' with events=True), "
+                         f"got table={table!r}, events={events!r}")  # fmt: skip
+    return table
 
 
 def _read(
-    run_dir: str | os.PathLike, entries: list[dict], selection: Selection, events: bool,
+    run_dir: str | os.PathLike, entries: list[dict], selection: Selection, name: str,
     columns: Sequence[str] | None, sort: bool,
 ) -> pa.Table:  # fmt: skip
-    schema = EVENTS_SCHEMA if events else METRICS_SCHEMA
+    schema, key_columns = SCHEMAS[name], TABLE_SORT_KEYS[name]
     wanted = _check_columns(columns, schema)
     runs = [str(run.get("run_id")) for run in entries]
-    names = list(dict.fromkeys([*SORT_KEYS, *wanted]))
-    folder = Path(run_dir) / ("events" if events else "metrics")
+    names = list(dict.fromkeys([*key_columns, *wanted]))
+    folder = Path(run_dir) / name
     if len(selection.runs) == len(entries) and not selection.stitched:  # every run: one pass
         tables = [read_parts(folder, schema, runs, None, names)]
     else:
         tables = [_until(read_parts(folder, schema, runs, one, names), stop)
                   for one, stop in zip(selection.run_ids, selection.until)]  # fmt: skip
     table = pa.concat_tables(tables).unify_dictionaries() if len(tables) > 1 else tables[0]
-    return sort_rows(table, runs, sort).select(wanted)
+    return sort_rows(table, runs, sort, key_columns).select(wanted)
 
 
 def _until(table: pa.Table, stop: int | None) -> pa.Table:

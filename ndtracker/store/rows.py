@@ -10,7 +10,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from ndtracker.store.schema import SORT_KEYS
+from ndtracker.store.schema import TABLE_SORT_KEYS
 
 __all__ = ["rows_to_table"]
 
@@ -37,7 +37,8 @@ def rows_to_table(
         else:
             columns.append(_column([row.get(field.name) for row in rows], field.type))
     table = pa.Table.from_arrays(columns, schema=schema)
-    return table.sort_by([(key, "ascending") for key in SORT_KEYS[1:]])
+    keys = TABLE_SORT_KEYS[schema.metadata[b"ndtracker_table"].decode()]
+    return table.sort_by([(key, "ascending") for key in keys[1:]])
 
 
 _BAD_VALUE = (pa.ArrowException, TypeError, ValueError, OverflowError)

@@ -1,4 +1,4 @@
-"""The declared Parquet schemas of a run directory's two tables, with their version and sort keys.
+"""The declared Parquet schemas of a run directory's tables, with their version and sort keys.
 
 Every part of ``metrics/`` and ``events/`` carries :data:`SCHEMA_VERSION` in its metadata (under
 :data:`VERSION_KEY`); readers refuse a newer version. Pure declarations: no file is touched here.
@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-__all__ = ["SCHEMA_VERSION", "VERSION_KEY", "METRICS_SCHEMA", "EVENTS_SCHEMA", "SCHEMAS", "NULLABLE_INTS", "SORT_KEYS", "OPTIONAL_COLUMNS"]
+__all__ = [
+    "SCHEMA_VERSION", "VERSION_KEY", "METRICS_SCHEMA", "EVENTS_SCHEMA", "SIMILARITY_SCHEMA", "SCHEMAS",
+    "NULLABLE_INTS", "SORT_KEYS", "TABLE_SORT_KEYS", "ADDED_COLUMNS",
+]  # fmt: skip
 
 SCHEMA_VERSION: int = 1
 VERSION_KEY = "ndtracker_schema_version"
@@ -25,7 +28,7 @@ METRICS_SCHEMA: pa.Schema = _schema("metrics", [
     ("effective_rank", pa.float64()), ("energy90", pa.int64()),
     ("rows", pa.int64()), ("cols", pa.int64()), ("estimator", pa.string()),
     ("loss", pa.float64()), ("wall_time", pa.float64()), ("status", pa.string()),
-    ("rank", pa.int64()),
+    ("rank", pa.int64()), ("grad_norm", pa.float64()), ("probe_accuracy", pa.float64()),
 ])  # fmt: skip
 EVENTS_SCHEMA: pa.Schema = _schema("events", [
     ("run_id", pa.string()), ("step", pa.int64()), ("layer", pa.string()), ("space", pa.string()),
@@ -34,9 +37,19 @@ EVENTS_SCHEMA: pa.Schema = _schema("events", [
     ("wall_time", pa.float64()), ("rank", pa.int64()),
 ])  # fmt: skip
 
-SCHEMAS: dict[str, pa.Schema] = {"metrics": METRICS_SCHEMA, "events": EVENTS_SCHEMA}
+SIMILARITY_SCHEMA: pa.Schema = _schema("similarity", [
+    ("run_id", pa.string()), ("step", pa.int64()), ("layer_a", pa.string()), ("layer_b", pa.string()),
+    ("space", pa.string()), ("cka", pa.float64()), ("rows", pa.int64()), ("status", pa.string()),
+    ("wall_time", pa.float64()),
+])  # fmt: skip
+
+SCHEMAS: dict[str, pa.Schema] = {"metrics": METRICS_SCHEMA, "events": EVENTS_SCHEMA, "similarity": SIMILARITY_SCHEMA}
 NULLABLE_INTS = {"energy90": "Int64", "direction": "Int8", "rank": "Int64"}  # pandas dtypes that keep nulls
 SORT_KEYS = ("run_id", "step", "layer", "space", "rank")  # rank: ranks="all" of a distributed job
-# Columns added after schema version 1 first shipped: parts without them read as null. ``rank`` is
-# the global rank of the process that wrote the row in a torch.distributed job (null otherwise).
-OPTIONAL_COLUMNS = ("rank",)
+TABLE_SORT_KEYS: dict[str, tuple[str, ...]] = {
+    "metrics": SORT_KEYS, "events": SORT_KEYS, "similarity": ("run_id", "step", "layer_a", "layer_b", "space"),
+}  # fmt: skip
+# Columns added after schema version 1 first shipped: parts written before them read them as null.
+# ``rank`` is the global rank of the process that wrote the row in a torch.distributed job (null
+# otherwise); ``grad_norm`` and ``probe_accuracy`` are opt-in measurements.
+ADDED_COLUMNS: frozenset[str] = frozenset({"rank", "grad_norm", "probe_accuracy"})

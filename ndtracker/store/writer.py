@@ -399,6 +399,15 @@ class RunWriter:
         self._check_open()
         self._run.add("events", rows)
 
+    def append_similarity(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Buffer layer-similarity rows (``step, layer_a, layer_b, space, cka, ...``), like `append`.
+
+        Raises:
+            ValueError: The writer is closed.
+        """
+        self._check_open()
+        self._run.add("similarity", rows)
+
     def flush(self) -> None:
         """Write the buffered rows now as new parts (a no-op once closed); never raises on I/O."""
         if not self._run.closed:

@@ -18,6 +18,7 @@ from ndtracker import spectra
 from ndtracker.tracking.distributed import local_tensor
 from ndtracker.tracking.layers import TrackedLayer, first_tensor
 from ndtracker.spectra import full_precision
+from ndtracker.spectra.similarity import example_matrix
 from ndtracker.tracking.options import Options
 
 Warn = Callable[[str, str, str], None]
@@ -100,6 +101,8 @@ class Capturer:
             tensor = local_tensor(tensor)  # a DTensor's shard, a pending collective's result
             with torch.no_grad(), full_precision([tensor.device.type]):
                 layer.capture = own_copy(self._matrix(layer, tensor), tensor)
+                if self._options.similarity or self._options.probes:
+                    layer.examples = own_copy(example_matrix(tensor, channels_first=layer.channels_first), tensor)
             layer.captured_in_training = training
         except Exception as error:  # a monitor never stops training
             self._warn(layer.name, "activation", f"capture failed: {error!r}")

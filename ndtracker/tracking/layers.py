@@ -44,6 +44,8 @@ class TrackedLayer:
         capture: The activation matrix captured on the current sampled step, if any.
         captured_in_training: Whether ``capture`` comes from a training forward (an eval-mode
             capture, taken with ``track_eval``, gives way to a later training forward).
+        examples: With ``similarity`` or ``probes``, the same forward's first examples, one row
+            each (see :func:`ndtracker.spectra.similarity.example_matrix`).
     """
 
     name: str
@@ -52,6 +54,7 @@ class TrackedLayer:
     streams: dict[str, StreamingSpectrum] = field(default_factory=dict)
     capture: torch.Tensor | None = None
     captured_in_training: bool = False
+    examples: torch.Tensor | None = None
     root: Any = field(default=None, repr=False)  # weakref.ref to the model, to see a replacement
 
     @property
@@ -78,7 +81,7 @@ class TrackedLayer:
 
     def clear(self) -> None:
         """Drop the capture of the current sample."""
-        self.capture, self.captured_in_training = None, False
+        self.capture, self.captured_in_training, self.examples = None, False, None
 
     def info(self) -> dict[str, Any]:
         """Name, type and weight shape, for the run's metadata."""

@@ -38,6 +38,9 @@ class Options:
     track_eval: bool
     output_key: str | None
     seed: int
+    gradients: bool = False
+    similarity: bool = False
+    probes: bool = False
 
     def weights_at(self, step: int) -> bool:
         """Whether weights are measured at ``step`` (a sampled step)."""
@@ -58,19 +61,20 @@ def check_options(model: nn.Module, **given: Any) -> Options:
         model: The model as the user passed it (a compiled one picks permanent hooks).
         **given: ``every``, ``weight_every``, ``metrics``, ``spaces``, ``estimator``, ``conv``,
             ``hooks``, ``max_rows``, ``center``, ``track_eval``, ``output_key`` and ``seed``, as
-            passed to the Tracker.
+            passed to the Tracker, and optionally ``gradients``, ``similarity`` and ``probes``.
 
     Returns:
         The checked :class:`Options`.
 
     Raises:
         ValueError: If an option is out of range or an unknown choice.
+        TypeError: If ``gradients``, ``similarity`` or ``probes`` is not a bool.
     """
     every = positive_int("every", given["every"])
     metrics = frozenset(check_metrics(given["metrics"]))
     estimator = choice("estimator", given["estimator"], ("auto",) + ESTIMATORS)
     check_estimator_metrics(estimator, metrics)
-    return Options(
+    options = Options(
         every=every,
         weight_every=check_weight_every(given["weight_every"], every),
         metrics=metrics,
@@ -83,7 +87,18 @@ def check_options(model: nn.Module, **given: Any) -> Options:
         track_eval=boolean("track_eval", given["track_eval"]),
         output_key=given["output_key"],
         seed=int(given["seed"]),
+        **{name: boolean(name, given.get(name, False)) for name in ("gradients", "similarity", "probes")},
     )
+    check_extras(options)
+    return options
+
+
+def check_extras(options: Options) -> None:
+    """Refuse an opt-in measurement whose space is not measured."""
+    for name, space in (("similarity", "activation"), ("probes", "activation"), ("gradients", "weight")):
+        if getattr(options, name) and space not in options.spaces:
+            raise ValueError(f"{name}=True needs the {space} space, got spaces={options.spaces!r}; "
+                             f"add {space!r} to spaces or drop {name}=True")  # fmt: skip
 
 
 def hook_mode(requested: str, model: nn.Module) -> str:

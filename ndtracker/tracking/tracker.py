@@ -25,6 +25,7 @@ from ndtracker import store
 from ndtracker.checks import boolean, non_negative_int, optional_positive_int, positive_int, positive_seconds
 from ndtracker.tracking import distributed
 from ndtracker.tracking.capture import Capturer
+from ndtracker.tracking.extras import Extras
 from ndtracker.tracking.layers import (
     DEFAULT_MAX_LAYERS, LayerSpec, recompile_with_hooks, select_layers, unwrapped, warn_unmeasured,
 )
@@ -101,7 +102,16 @@ class Tracker:
                                         or Inf in the matrix), ``zero`` (an all-zero matrix, as
                                         is a single row once centred), ``empty`` (no rows or no
                                         columns), ``failed`` (the decomposition raised)
+    ``grad_norm``            float64    weight rows, with ``gradients=True``: Frobenius norm of the
+                                        weight's gradient as the optimizer saw it; else null
+    ``probe_accuracy``       float64    activation rows, with ``probes=True`` and ``labels``:
+                                        linear-probe accuracy (:mod:`ndtracker.spectra.probes`)
     =======================  =========  ===========================================================
+
+    With ``similarity=True`` a third table, read by ``ndtracker.load(DIR, table="similarity")``,
+    holds the linear CKA of every pair of tracked layers per sample (``step``, ``layer_a``,
+    ``layer_b`` (``a`` before or equal to ``b`` in model order), ``space``, ``cka``, ``rows``,
+    ``status``; see :mod:`ndtracker.spectra.similarity`).
 
     Args:
         model: The model to watch.
@@ -144,6 +154,14 @@ class Tracker:
             and graph breaks, depending on the torch version (pass it when you compile the model
             or the training step after building the Tracker).
         detect: Run the online jump and phase detector on ``stable_rank`` (default True).
+        gradients: Log each tracked weight's gradient norm as ``grad_norm`` on measured steps
+            (default False): a post-accumulate-grad hook per weight, installed only around those
+            steps, so a ``zero_grad()`` before :meth:`step` is fine.
+        similarity: Log the linear CKA of every pair of tracked layers on the first 512 examples
+            of each sampled forward (default False; convolutions pooled per example).
+        probes: Log each layer's linear-probe accuracy against ``step(labels=...)`` as
+            ``probe_accuracy`` (default False): a closed-form ridge classifier fitted on half of
+            the first 512 examples and scored on the other half.
         start_step: The first step's number, to continue a resumed run's step axis. Default 0.
             With ``start_step > 0`` in a ``log_dir`` that already holds a run, ``run.json``
             links the new run to the latest one there (``"resumes"``), and ``load`` and
@@ -206,6 +224,9 @@ class Tracker:
         output_key: str | None = None,
         hooks: Literal["auto", "sampled", "permanent"] = "auto",
         detect: bool = True,
+        gradients: bool = False,
+        similarity: bool = False,
+        probes: bool = False,
         start_step: int = 0,
         flush_secs: float = 5.0,
         max_buffer_rows: int = DEFAULT_MAX_BUFFER_ROWS,
@@ -220,7 +241,8 @@ class Tracker:
         self._options = check_options(
             model, every=every, weight_every=weight_every, metrics=metrics, spaces=spaces,
             estimator=estimator, conv=conv, hooks=hooks, max_rows=max_rows, center=center,
-            track_eval=track_eval, output_key=output_key, seed=seed,
+            track_eval=track_eval, output_key=output_key, seed=seed, gradients=gradients,
+            similarity=similarity, probes=probes,
         )  # fmt: skip
         self._parallel = distributed.setup(model, ranks, activations)
         self._step = non_negative_int("start_step", start_step)
@@ -237,9 +259,10 @@ class Tracker:
         self._writer = _open_writer(log_dir, self._run_info(writing), writing, self._parallel)
         capturing = self._options if self._parallel is None else self._parallel.capture_options(self._options)
         self._capturer = Capturer(self._model, self._layers, capturing, self._warn_once)
+        self._extras = Extras(self._layers, self._options, self._warn_once)
         recompile_with_hooks(model, _warn_at_user)
         if self._is_sampled(self._step):
-            self._capturer.arm()
+            self._arm()
 
     # ---------------------------------------------------------------------------------- public
 
@@ -263,7 +286,7 @@ class Tracker:
         """The number of the step in progress (the next :meth:`step` call ends it)."""
         return self._step
 
-    def step(self, loss: float | torch.Tensor | None = None) -> None:
+    def step(self, loss: float | torch.Tensor | None = None, *, labels: Any = None) -> None:
         """End the current training step; measure it if it was sampled.
 
         Call once per optimizer step, after ``optimizer.step()``. Never raises over a measurement:
@@ -272,15 +295,17 @@ class Tracker:
         Args:
             loss: The step's loss (float, 0-d tensor or None). A tensor is read only on sampled
                 steps.
+            labels: With ``probes=True``, the class labels (integers) of the batch whose forward
+                was captured (the first micro-batch), read only on sampled steps.
         """
         if self._closed:
             self._warn_once("*", "closed", "step() after close() measures and logs nothing; build a new "
                             "Tracker (start_step= continues the step axis)")  # fmt: skip
         elif self._capturer.armed:
-            self._finish_sample(loss)
+            self._finish_sample(loss, labels)
         self._step += 1
         if self._is_sampled(self._step) and not self._closed:
-            self._capturer.arm()
+            self._arm()
 
     def flush(self) -> None:
         """Write the rows logged so far to disk now (they are also written every ``flush_secs``).
@@ -296,6 +321,7 @@ class Tracker:
         self._closed = True
         self._capturer.disarm()
         self._capturer.remove()
+        self._extras.disarm()
         try:
             self._emit_events(self._detectors.finish())
         except Exception as error:  # the logs must be closed whatever the detector does
@@ -326,7 +352,11 @@ class Tracker:
     def _is_sampled(self, step: int) -> bool:
         return step % self._options.every == 0
 
-    def _finish_sample(self, loss: float | torch.Tensor | None) -> None:
+    def _arm(self) -> None:
+        self._capturer.arm()
+        self._extras.arm(self._step)
+
+    def _finish_sample(self, loss: float | torch.Tensor | None, labels: Any = None) -> None:
         """Measure the captures and weights of the sampled step, log the rows, disarm."""
         step, now = self._step, time.time()
         try:
@@ -340,18 +370,22 @@ class Tracker:
                 jobs, keys = sample_jobs(self._layers, self._options, with_weights, self._warn_once)
                 results = measure_jobs(jobs, keys, self._warn_once)
             loss = loss_value(loss, self._warn_once)  # read after the measurement's transfer: no extra GPU stall
+            extra, similarity = self._extras.finish(step, labels, now)
             rows = [
                 log_row(step, (name, space), jobs[i], results[i], self._options.metrics, self._warn_once)
-                | {"loss": loss, "wall_time": now}
+                | {"loss": loss, "wall_time": now} | extra.get((name, space), {})
                 for name, space, i in keys
             ]  # fmt: skip
             self._writer.append(rows)
+            if similarity:
+                self._writer.append_similarity(similarity)
             self._sinks.write(step, rows)
             self._emit_events(self._detectors.feed(rows))
         except Exception as error:  # a monitor never stops training
             self._warn_once("*", "*", f"sample of step {step} failed: {error!r}")
         finally:
             self._capturer.disarm()
+            self._extras.disarm()
 
     def _warn_once(self, layer: str, space: str, message: str) -> None:
         """Warn about a (layer, space) once per run; ``"*"`` stands for the whole tracker."""
