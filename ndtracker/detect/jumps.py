@@ -255,11 +255,11 @@ def _test_edge(y: np.ndarray, t: int, w: int, sigma: float, phi: float, opts: _J
     lags = np.abs(np.arange(kernel.size)[:, None] - np.arange(kernel.size)[None, :])
     noise = max(sigma, math.sqrt(two_models / max(1, t + w - 3)))
     sd = noise * math.sqrt(max(float(kernel @ (phi**lags) @ kernel), 1e-300))
-    if abs(gap) < opts.z_threshold * sd or not _relevant(gap, before, after, opts):
+    if gap == 0 or abs(gap) < opts.z_threshold * sd or not _relevant(gap, before, after, opts):
         return None
     if not _stepped(u, window, two_models, gap, sd, opts):
         return None
-    return _Candidate(t, w, gap, abs(gap) / sd, before, after)
+    return _Candidate(t, w, gap, abs(gap) / sd if sd > 0 else math.inf, before, after)
 
 
 def _candidates(

@@ -154,3 +154,10 @@ def test_trend_ends_do_not_move_when_the_plateau_after_goes_on(seed: int, shape:
         ends.append(trend[0].stop)
     assert max(ends) - min(ends) <= (8 if shape != "slow" else 20), ends
     assert abs(ends[0] - (100 + start)) <= 0.1 * start + 8, ends
+
+
+@pytest.mark.parametrize("values", [np.zeros(20), np.full(40, 3.0), np.r_[np.zeros(3), np.ones(30)]])
+def test_constant_and_noiseless_series_never_raise(values):
+    phases, jumps = phases_and_jumps(values)
+    assert phases and sum(p.stop - p.start for p in phases) == values.size
+    assert all(np.isfinite(j.size) for j in jumps)
