@@ -29,6 +29,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from ndtracker.reports.model import Comparison, Report
 
 SHOWN_PHASES = 6  # phases listed per layer in the terminal before eliding the middle
+LAYER_WIDTH = 24  # characters of a layer name kept on one line (longer ones fold)
+PHASES_WIDTH = 22  # the phases column gets at least this, however narrow the terminal
 SHOWN_JUMPS = 2  # largest jumps listed per layer in the terminal
 PHASE_GLYPHS = {"collapse": "↘", "expansion": "↗", "stabilization": "→"}  # in compare's table
 
@@ -88,24 +90,31 @@ def _space_tables(rep: Report) -> list[Table]:
 
 def _space_table(rep: Report, space: str, rows: pd.DataFrame) -> Table:
     table = Table(title=Text(literal(f"{space} space: {rep.metric}")), title_justify="left", expand=True)
-    _add_layer_column(table, [layer_label(rep, name) for name in rows["layer"]])
-    for name in ("first", "last", "min", "max"):
+    _add_layer_column(table, [_label(rep, name) for name in rows["layer"]])
+    for name in ("first", "last"):
         table.add_column(name, justify="right", no_wrap=True)
-    table.add_column("phases (steps)", ratio=1)
-    table.add_column("jumps")
+    table.add_column("phases (steps)", ratio=1, min_width=PHASES_WIDTH)
+    table.add_column("jumps", overflow="fold")
     phases = _by_layer(rep.phases, space)
     jumps = _by_layer(rep.jumps, space)
     for row in rows.itertuples(index=False):
-        numbers = [number(getattr(row, name)) for name in ("first", "last", "min", "max")]
+        numbers = [number(getattr(row, name)) for name in ("first", "last")]
         cells = [_phase_text(phases.get(row.layer)), _jump_text(jumps.get(row.layer))]
-        table.add_row(*_texts(layer_label(rep, row.layer), *numbers, *cells))
+        table.add_row(*_texts(_label(rep, row.layer), *numbers, *cells))
     return table
 
 
+def _label(rep: Report, layer: str) -> str:
+    """The layer's name, and its type and shape on the line below (when the run recorded them)."""
+    name, label = display_name(layer), layer_label(rep, layer)
+    return name if label == name else f"{name}\n{label[len(name) + 1:]}"
+
+
 def _add_layer_column(table: Table, names: Any) -> None:
-    """A layer column wide enough for names of up to 24 characters on one line; longer ones fold."""
-    widest = max((len(name) for name in names), default=5)
-    table.add_column("layer", overflow="fold", min_width=min(widest, 24))
+    """A layer column wide enough for names of up to :data:`LAYER_WIDTH` characters on one line;
+    longer ones fold (a name's type and shape go on the line below it)."""
+    widest = max((len(line) for name in names for line in name.split("\n")[:1]), default=5)
+    table.add_column("layer", overflow="fold", min_width=min(widest, LAYER_WIDTH))
 
 
 def _texts(*cells: str) -> list[Text]:
