@@ -233,7 +233,9 @@ def test_tied_weights_are_measured_once_and_logged_under_each_layer(tmp_path, mo
     torch.manual_seed(0)
     model = GPT()
     tracker, df = train(model, tokens, tmp_path, layers=["tok", "head"])
-    assert sizes == [3, 3]  # two activations and one shared weight per step
+    # one shared weight when each step begins (at construction for step 0, with the activations of
+    # the step before otherwise), two activations when it ends (issue 10's weight timing: was [3, 3])
+    assert sizes == [1, 3, 3]
     weights = df[df.space == "weight"].pivot(index="step", columns="layer", values="stable_rank")
     assert (weights["tok"] == weights["head"]).all()
 
@@ -246,9 +248,13 @@ def test_weights_tied_after_the_tracker_was_built_are_the_ones_measured(tmp_path
         with torch.no_grad():
             model[2].weight = nn.Parameter(torch.diag(torch.arange(1.0, 9.0)))
         tracker.step()
+        tracker.step()
     df = ndtracker.load(tmp_path).query("layer == '2'")
     expected = (torch.arange(1.0, 9.0) ** 2).sum().item() / 64
-    assert df.stable_rank.iloc[1] == pytest.approx(expected, rel=1e-6)
+    # step 1's weights were measured as it began (when step() ended step 0, before the swap);
+    # the swap shows from the next sampled step on (issue 10's weight timing: was iloc[1])
+    assert df.stable_rank.iloc[1] != pytest.approx(expected, rel=1e-6)
+    assert df.stable_rank.iloc[2] == pytest.approx(expected, rel=1e-6)
 
 
 def test_lazy_modules_and_parametrized_weights(tmp_path):

@@ -200,13 +200,16 @@ def test_nan_and_inf_in_activations_and_weights(tmp_path):
                 tracker.step()
     df = ndtracker.load(tmp_path).set_index(["step", "layer", "space"])
     assert (df.loc[0].status == "ok").all()
-    assert df.loc[(1, "2", "weight")].status == "nonfinite"
+    # a step's weight row holds the weights as its step began (issue 10): the edit made after
+    # step 0 ended shows in the weight rows from step 2 on, in the activations from step 1 on
+    assert df.loc[(1, "2", "weight")].status == "ok"
+    assert df.loc[(2, "2", "weight")].status == "nonfinite"
     assert df.loc[(1, "2", "activation")].status == "nonfinite"  # inf times 0 gives NaN too
     assert df.loc[(1, "0", "activation")].status == "ok"
     assert math.isnan(df.loc[(2, "4", "activation")].stable_rank)
     nan_warnings = [m for m in messages(caught) if "metrics are NaN" in m]
     assert sorted(nan_warnings) == sorted(set(nan_warnings))  # once per layer and space
-    assert "ndtracker: layer '2' (weight): metrics are NaN at step 1 (nonfinite); training continues" in nan_warnings
+    assert "ndtracker: layer '2' (weight): metrics are NaN at step 2 (nonfinite); training continues" in nan_warnings
 
 
 def test_empty_one_row_and_zero_outputs(tmp_path):

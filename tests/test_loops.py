@@ -296,6 +296,32 @@ def test_a_model_compiled_and_run_before_the_tracker_still_gets_its_activations(
     assert (frame.status == "ok").all()
 
 
+def test_a_compiled_model_with_a_probe_and_a_schedule(tmp_path):
+    """The probe runs through the user's (uncompiled) module in eval mode; the compiled training
+    step is never hooked; weights and probe describe the state each sampled step began with."""
+    model = mlp()
+    compiled = torch.compile(model, backend="eager")
+    torch._dynamo.reset()
+    probe = torch.randn(20, 12)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    expected = {}
+    with Tracker(compiled, every=[(0, 1), (2, 3)], probe=probe, log_dir=str(tmp_path), detect=False) as tracker:
+        assert tracker._hook_mode == "permanent"
+        for t in range(7):
+            with torch.no_grad():
+                out = model[:3](probe).double()  # the probe's output at layer "2", on this step's weights
+            expected[t] = spectra.metrics_from_eigenvalues(torch.linalg.svdvals(out - out.mean(0)) ** 2)[0].item()
+            compiled(torch.randn(10, 12)).pow(2).mean().backward()
+            opt.step()
+            opt.zero_grad()
+            tracker.step()
+    frame = ndtracker.load(tmp_path)
+    act = frame[(frame.space == "activation") & (frame.layer == "2")]
+    assert act.step.tolist() == [0, 1, 3, 6] and set(act.source) == {"probe"} and (act.rows == 20).all()
+    for row in act.itertuples():
+        assert row.stable_rank == pytest.approx(expected[row.step], rel=1e-4)
+
+
 # ------------------------------------------------------------------------------ checkpointing
 
 

@@ -29,6 +29,7 @@ METRICS_SCHEMA: pa.Schema = _schema("metrics", [
     ("rows", pa.int64()), ("cols", pa.int64()), ("estimator", pa.string()),
     ("loss", pa.float64()), ("wall_time", pa.float64()), ("status", pa.string()),
     ("rank", pa.int64()), ("grad_norm", pa.float64()), ("probe_accuracy", pa.float64()),
+    ("source", pa.string()),
 ])  # fmt: skip
 EVENTS_SCHEMA: pa.Schema = _schema("events", [
     ("run_id", pa.string()), ("step", pa.int64()), ("layer", pa.string()), ("space", pa.string()),

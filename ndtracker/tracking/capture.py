@@ -44,6 +44,7 @@ class Capturer:
         self, model: nn.Module, layers: list[TrackedLayer], options: Options, warn: Warn
     ) -> None:
         self.armed = False
+        self.probing = False  # capture the probe's forward, whatever its mode
         self._model, self._layers, self._options, self._warn = model, layers, options, warn
         self._handles: list[Any] = []
         self._generators: dict[torch.device, torch.Generator] = {}
@@ -52,15 +53,20 @@ class Capturer:
         if options.hooks == "permanent":
             self.install()
 
-    def arm(self) -> None:
-        """Make the hooks capture during this step (installing them first with sampled hooks)."""
-        self.armed = True
+    def arm(self, probing: bool = False) -> None:
+        """Make the hooks capture during this step (installing them first with sampled hooks).
+
+        Args:
+            probing: Capture the first forward of each layer whatever its mode (the probe's
+                forward runs in eval mode under ``torch.no_grad()``).
+        """
+        self.armed, self.probing = True, probing
         if self._options.hooks == "sampled":
             self.install()
 
     def disarm(self) -> None:
         """Stop capturing and drop every capture (removing the hooks with sampled hooks)."""
-        self.armed = False
+        self.armed = self.probing = False
         for layer in self._layers:
             layer.clear()
         if self._options.hooks == "sampled":
@@ -83,8 +89,12 @@ class Capturer:
         """Capture this forward's output unless the step already holds a better one (never raises).
 
         The first training forward wins; with ``track_eval``, an eval or ``no_grad`` forward is
-        kept until a training forward replaces it.
+        kept until a training forward replaces it. While probing, the first forward wins.
         """
+        if self.probing:
+            if layer.capture is None:
+                self._capture(layer, output, False)
+            return
         if layer.captured_in_training:
             return
         training = torch.is_grad_enabled() and (module.training or self._model.training)

@@ -1,17 +1,22 @@
 """Online jump and phase detection over the logged series, reported in training steps.
 
 One :class:`ndtracker.detect.OnlineDetector` per (layer, space) series of ``stable_rank``, fed one
-value per sample. The detectors' periodic recomputations are staggered (each series gets its own
-``stride``) so that they do not all fall on the same training step. A detector that fails is
-dropped and warned about once; logging goes on.
+value per sample, with its step where the detector takes one (samples may be unevenly spaced:
+``every`` can be a schedule). The detectors' periodic recomputations are staggered (each series
+gets its own ``stride``, for detectors that take one) so that they do not all fall on the same
+training step. A detector that fails is dropped and warned about once; logging goes on. Each event
+is also an :class:`OnlineEvent`, the record handed to ``Tracker(on_event=...)``.
 """
 
 from __future__ import annotations
 
 import bisect
+import inspect
+import logging
 import math
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from ndtracker import detect
 from ndtracker.detect import Jump
@@ -22,6 +27,43 @@ METRIC = "stable_rank"  # the series the online detector watches
 BASE_STRIDE = 512  # values between two recomputations (OnlineDetector's default, 8 * max_window)
 STRIDE_STAGGER = 7  # each further series recomputes this many values later than the one before
 STAGGER_SLOTS = 64  # strides cycle after this many series, so none waits much longer than the base
+
+
+@dataclass(frozen=True)
+class OnlineEvent:
+    """A jump or phase change found online, as ``Tracker(on_event=...)`` receives it.
+
+    Attributes:
+        step: The training step where the jump or the new phase starts (not the step it was found
+            at: the detector needs a few samples after it).
+        layer: Module name as in ``model.named_modules()``.
+        space: ``"activation"`` or ``"weight"``.
+        metric: The series watched (``"stable_rank"``).
+        kind: ``"jump"`` or ``"phase"``.
+        direction: +1 for a rise, -1 for a drop (jumps); None for phase changes.
+        size: The shift, after minus before, in the metric's units (jumps); None for phases.
+        relative_size: ``size`` over the level before it (-0.5: the metric halved); None for phases.
+        phase: ``"collapse"``, ``"expansion"`` or ``"stabilization"``, the phase that starts
+            (phase changes); None for jumps.
+        z: The jump's significance, its size over the noise sd; None for phases.
+    """
+
+    step: int
+    layer: str
+    space: str
+    metric: str
+    kind: Literal["jump", "phase"]
+    direction: int | None = None
+    size: float | None = None
+    relative_size: float | None = None
+    phase: str | None = None
+    z: float | None = None
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> OnlineEvent:
+        """The record of an event row (as :class:`SeriesDetectors` returns them)."""
+        names = ("step", "layer", "space", "metric", "kind", "direction", "size", "relative_size", "phase", "z")
+        return cls(**{name: row.get(name) for name in names})
 
 
 def detector_factory(enabled: bool) -> Any:
@@ -72,6 +114,8 @@ class SeriesDetectors:
 
     def _new_detector(self) -> Any:
         slot = len(self._detectors) % STAGGER_SLOTS
+        if not _accepts(self._factory, "stride"):
+            return self._factory()
         return self._factory(stride=BASE_STRIDE + STRIDE_STAGGER * slot)
 
 
@@ -80,15 +124,22 @@ def _located(event: dict[str, Any], key: tuple[str, str]) -> dict[str, Any]:
 
 
 class StepDetector:
-    """An online detector over one series that reports events in training steps, not indices."""
+    """An online detector over one series that reports events in training steps, not indices.
+
+    The detector is given each value's step where its ``update`` takes one (``update(value,
+    step=...)``, checked once here); events are placed at the step they carry, else at the step of
+    their index (:class:`StepAxis`), so unevenly spaced samples are placed right either way.
+    """
 
     def __init__(self, detector: Any, metric: str) -> None:
         self._detector, self._metric, self._steps = detector, metric, StepAxis()
+        self._with_step = _accepts(detector.update, "step")
 
     def feed(self, step: int, value: float) -> list[dict[str, Any]]:
         """Feed the value sampled at ``step``; the events that became final, as event rows."""
         self._steps.append(step)
-        return [self._row(event) for event in self._detector.update(value)]
+        events = self._detector.update(value, step=step) if self._with_step else self._detector.update(value)
+        return [self._row(event) for event in events]
 
     def finish(self) -> list[dict[str, Any]]:
         """End the series; its remaining events, as event rows."""
@@ -96,11 +147,31 @@ class StepDetector:
 
     def _row(self, event: Any) -> dict[str, Any]:
         """An event row: a :class:`~ndtracker.detect.Jump` or a phase change (``kind``)."""
-        row = {"step": self._steps[event.index], "metric": self._metric}
+        step = getattr(event, "step", None)
+        row = {"step": self._steps[event.index] if step is None else int(step), "metric": self._metric}
         if isinstance(event, Jump):
             return row | {"kind": "jump", "direction": int(event.direction), "size": float(event.size),
-                          "z": float(event.z), "phase": None}  # fmt: skip
-        return row | {"kind": "phase", "direction": None, "size": None, "z": None, "phase": str(event.kind)}
+                          "relative_size": _relative_size(event), "z": float(event.z), "phase": None}  # fmt: skip
+        return row | {"kind": "phase", "direction": None, "size": None, "relative_size": None, "z": None,
+                      "phase": str(event.kind)}  # fmt: skip
+
+
+def _relative_size(jump: Jump) -> float:
+    """The jump's size over the level before it (the detector's own figure where it gives one)."""
+    relative = getattr(jump, "relative_size", math.nan)
+    if not math.isnan(relative):
+        return float(relative)
+    before = float(getattr(jump, "before", math.nan))
+    return float(jump.size) / abs(before) if before and not math.isnan(before) else math.nan
+
+
+def _accepts(function: Any, name: str) -> bool:
+    """Whether ``function`` (a class: its constructor) takes a keyword argument ``name``."""
+    try:
+        parameters = inspect.signature(function).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in parameters or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
 
 
 class StepAxis:
@@ -138,5 +209,12 @@ def describe_event(event: dict[str, Any]) -> str:
     where = f"{event['layer']} ({event['space']}) step {event['step']}"
     if event["kind"] == "jump":
         arrow = "up" if event.get("direction", 0) > 0 else "down"
-        return f"jump {arrow} in {event['metric']} at {where}: size {event.get('size'):.3g}"
+        relative = event.get("relative_size")
+        share = "" if relative is None or math.isnan(relative) else f" ({relative:+.0%})"
+        return f"jump {arrow} in {event['metric']} at {where}: size {event.get('size'):.3g}{share}"
     return f"{event['metric']} enters {event.get('phase')} at {where}"
+
+
+def log_level(event: dict[str, Any]) -> int:
+    """WARNING for a collapse phase, INFO for every other event."""
+    return logging.WARNING if event.get("kind") == "phase" and event.get("phase") == "collapse" else logging.INFO

@@ -15,6 +15,7 @@ from torch import nn
 
 from ndtracker.checks import boolean, choice, optional_positive_int, positive_int
 from ndtracker.tracking.layers import is_compiled
+from ndtracker.tracking.schedule import Schedule, check_schedule
 from ndtracker.vocabulary import DEFAULT_METRICS, ESTIMATORS, FULL_SPECTRUM, METRICS, SPACES
 
 HOOK_MODES: tuple[str, ...] = ("auto", "sampled", "permanent")
@@ -26,8 +27,8 @@ DEFAULT_MAX_BUFFER_ROWS = 200_000
 class Options:
     """The checked measurement options of a Tracker (see :class:`ndtracker.Tracker` for each)."""
 
-    every: int
-    weight_every: int
+    every: Schedule
+    weight_every: int | None
     metrics: frozenset[str]
     spaces: tuple[str, ...]
     estimator: str
@@ -44,11 +45,13 @@ class Options:
 
     def weights_at(self, step: int) -> bool:
         """Whether weights are measured at ``step`` (a sampled step)."""
-        return "weight" in self.spaces and step % self.weight_every == 0
+        every = self.weight_every
+        return "weight" in self.spaces and (every is None or step % every == 0)
 
     def as_dict(self) -> dict[str, Any]:
         """The options as JSON-ready values, metrics in :data:`METRICS` order, for ``run.json``."""
         values = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
+        values["every"] = self.every.as_json()
         values["metrics"] = [m for m in METRICS if m in self.metrics]
         values["spaces"] = list(self.spaces)
         return values
@@ -70,7 +73,7 @@ def check_options(model: nn.Module, **given: Any) -> Options:
         ValueError: If an option is out of range or an unknown choice.
         TypeError: If ``gradients``, ``similarity`` or ``probes`` is not a bool.
     """
-    every = positive_int("every", given["every"])
+    every = check_schedule("every", given["every"])
     metrics = frozenset(check_metrics(given["metrics"]))
     estimator = choice("estimator", given["estimator"], ("auto",) + ESTIMATORS)
     check_estimator_metrics(estimator, metrics)
@@ -108,13 +111,17 @@ def hook_mode(requested: str, model: nn.Module) -> str:
     return "permanent" if is_compiled(model) else "sampled"
 
 
-def check_weight_every(value: int | None, every: int) -> int:
-    """``weight_every``, defaulting to ``every``; it must be a multiple of ``every``."""
+def check_weight_every(value: int | None, every: Schedule) -> int | None:
+    """``weight_every``: a multiple of each interval of ``every``, so that it names sampled steps.
+
+    None (weights at every sampled step) is recorded as ``every`` when ``every`` is one int.
+    """
     if value is None:
-        return every
+        return every.intervals[0] if len(every.intervals) == 1 else None
     value = positive_int("weight_every", value)
-    if value % every:
-        raise ValueError(f"weight_every must be a multiple of every={every}, got {value!r}")
+    if any(value % interval for interval in every.intervals):
+        each = "" if len(every.intervals) == 1 else "each interval of "
+        raise ValueError(f"weight_every must be a multiple of {each}every={every}, got {value!r}")
     return value
 
 

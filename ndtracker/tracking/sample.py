@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -30,34 +31,61 @@ NO_FORWARD = (
 COMPILED_LATER = "; if you apply torch.compile after building the Tracker, pass hooks='permanent'"
 
 
-def sample_jobs(
-    layers: list[TrackedLayer], options: Options, with_weights: bool, warn: Warn
-) -> tuple[list[Job], list[Key]]:
-    """The matrices to measure, and per row to log: (layer, space, index of its job).
+NOT_REACHED = (
+    "the probe's forward did not reach this layer (pass layers=[...] to leave it out, or a probe "
+    "that runs through it)"
+)
 
-    A weight shared by several layers (tied embeddings) is measured once, logged under each.
-    A layer with no capture while activations are measured is warned about (once).
+
+@dataclass
+class Batch:
+    """Matrices to measure together, and per row to log: (layer, space, index of its job)."""
+
+    jobs: list[Job] = field(default_factory=list)
+    keys: list[Key] = field(default_factory=list)
+
+    def extend(self, other: Batch) -> None:
+        """Append ``other``'s jobs and rows (their job indices shifted past this batch's)."""
+        offset = len(self.jobs)
+        self.jobs += other.jobs
+        self.keys += [(name, space, index + offset) for name, space, index in other.keys]
+
+
+def activation_jobs(layers: list[TrackedLayer], options: Options, warn: Warn, missing: str | None = None) -> Batch:
+    """The captured activations to measure; a layer with no capture is warned about (once).
+
+    ``missing`` is the warning for a layer with no capture (default: no training forward).
     """
-    jobs: list[Job] = []
-    keys: list[Key] = []
-    weight_jobs: dict[int, int] = {}
-    weights: list[torch.Tensor] = []  # parametrized weights are new tensors at each access
+    if missing is None:
+        missing = NO_FORWARD.format(compile=COMPILED_LATER if options.hooks != "permanent" else "")
+    batch = Batch()
     for layer in layers:
         if layer.capture is not None:
-            keys.append((layer.name, "activation", len(jobs)))
-            jobs.append(_job(layer, "activation", layer.capture, options))
-        elif "activation" in options.spaces:
-            advice = COMPILED_LATER if options.hooks != "permanent" else ""
-            warn(layer.name, "activation", NO_FORWARD.format(compile=advice))
-        weight = layer.weight if with_weights else None
+            batch.keys.append((layer.name, "activation", len(batch.jobs)))
+            batch.jobs.append(_job(layer, "activation", layer.capture, options))
+        else:
+            warn(layer.name, "activation", missing)
+    return batch
+
+
+def weight_jobs(layers: list[TrackedLayer], options: Options) -> Batch:
+    """The weights to measure, as they are now.
+
+    A weight shared by several layers (tied embeddings) is measured once, logged under each.
+    """
+    batch = Batch()
+    index_of: dict[int, int] = {}
+    weights: list[torch.Tensor] = []  # parametrized weights are new tensors at each access
+    for layer in layers:
+        weight = layer.weight
         if weight is None:
             continue
-        if id(weight) not in weight_jobs:  # `weights` keeps each alive, so ids stay unique
-            weight_jobs[id(weight)] = len(jobs)
+        if id(weight) not in index_of:  # `weights` keeps each alive, so ids stay unique
+            index_of[id(weight)] = len(batch.jobs)
             weights.append(weight)
-            jobs.append(_job(layer, "weight", spectra.weight_matrix(weight), options))
-        keys.append((layer.name, "weight", weight_jobs[id(weight)]))
-    return jobs, keys
+            batch.jobs.append(_job(layer, "weight", spectra.weight_matrix(weight), options))
+        batch.keys.append((layer.name, "weight", index_of[id(weight)]))
+    return batch
 
 
 def _job(layer: TrackedLayer, space: str, matrix: torch.Tensor, options: Options) -> Job:

@@ -15,7 +15,7 @@ import os
 import sys
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import torch
@@ -26,13 +26,14 @@ from ndtracker.checks import boolean, non_negative_int, optional_positive_int, p
 from ndtracker.tracking import distributed
 from ndtracker.tracking.capture import Capturer
 from ndtracker.tracking.extras import Extras
-from ndtracker.tracking.layers import (
-    DEFAULT_MAX_LAYERS, LayerSpec, recompile_with_hooks, select_layers, unwrapped, warn_unmeasured,
-)
-from ndtracker.tracking.sample import log_row, loss_value, measure_jobs, sample_jobs
+from ndtracker.tracking.layers import DEFAULT_MAX_LAYERS, LayerSpec, recompile_with_hooks, select_layers, unwrapped
+from ndtracker.tracking.sample import loss_value
+from ndtracker.tracking.sampler import Sampler, check_probe
 from ndtracker.tracking.options import DEFAULT_MAX_BUFFER_ROWS, check_options
 from ndtracker.tracking.sinks import Sink, SinkFanout
-from ndtracker.tracking.events import SeriesDetectors, describe_event, detector_factory
+from ndtracker.tracking.events import OnlineEvent, SeriesDetectors, describe_event, detector_factory, log_level
+from ndtracker.tracking.probe import ProbeRunner, ProbeSpec, as_probe
+from ndtracker.tracking.schedule import EverySpec
 from ndtracker.version import __version__
 from ndtracker.vocabulary import SPACES
 
@@ -56,10 +57,19 @@ class Tracker:
             tracker.step(loss=loss)
         tracker.close()
 
-    Step ``t`` (counted from ``start_step`` by :meth:`step`) is *sampled* when ``t % every == 0``.
-    On a sampled step the first *training forward* output of each layer is captured (the first
-    micro-batch under gradient accumulation), and after the optimizer step, in :meth:`step`, the
-    weights too. A training forward is one run with autograd recording (not under
+    Step ``t`` (counted from ``start_step`` by :meth:`step`) is *sampled* when ``t % every == 0``,
+    or, with a schedule such as ``every=[(0, 1), (100, 5)]``, when it is a multiple of the interval
+    in force at ``t`` (every step up to 99, then 100, 105, ...). All rows of a sampled step describe
+    one parameter state, the one its forward used: the weights *before* optimizer update ``t``.
+    They are measured when step ``t`` begins, at the end of the :meth:`step` call that ends step
+    ``t - 1`` (at construction for the first step, so step 0 holds the initial weights); a change
+    made to the weights between :meth:`step` and the next forward (a checkpoint loaded after the
+    Tracker was built, weights edited by hand) shows from the next sampled step on. Without a
+    ``probe``, the first *training forward* output of each layer in step ``t`` is captured (the
+    first micro-batch under gradient accumulation) and measured when :meth:`step` ends it. With a
+    ``probe``, the probe batch runs through the model when step ``t`` begins, in eval mode and
+    without autograd, and its activations are measured with the weights; training forwards are
+    then never hooked. A training forward is one run with autograd recording (not under
     ``torch.no_grad()`` or ``torch.inference_mode()``) while the layer or the model is in training
     mode, so eval passes and ``no_grad`` inference never replace or add samples. With
     ``track_eval=True`` an eval or ``no_grad`` forward is captured when no training forward came
@@ -70,6 +80,11 @@ class Tracker:
     ``torch.save(model)`` or deep-copied while hooks are installed keeps working: the copy carries
     inert hooks that never feed this tracker (loading such a pickle needs ndtracker importable);
     saving a ``state_dict()`` never involves hooks.
+
+    Cost: a sample measures its weights (and its probe) in one batch with one host transfer when
+    it begins, and its training activations in another when it ends; the two share one batch and
+    one transfer when both fall in the same :meth:`step` call (``every=1``), and with a probe the
+    end has nothing left to measure. A probe adds one forward of the probe batch per sample.
 
     Memory: the tracker keeps no reference to a layer's output. On a sampled step it holds, per
     layer, a float32 copy of at most ``max_rows`` rows of the output (so at most
@@ -89,7 +104,8 @@ class Tracker:
     ``run_id``               string     this run (a new one per Tracker, even in the same log_dir)
     ``step``                 int64      the training step
     ``layer``                string     module name as in ``model.named_modules()``
-    ``space``                string     ``activation`` or ``weight``
+    ``space``                string     ``activation`` or ``weight``; both describe the weights
+                                        the step's forward used (before its optimizer update)
     ``stable_rank``          float64    Σλ / λ₁
     ``participation_ratio``  float64    (Σλ)² / Σλ²
     ``effective_rank``       float64    exp(entropy of σ / Σσ); null unless in ``metrics``
@@ -106,6 +122,8 @@ class Tracker:
                                         weight's gradient as the optimizer saw it; else null
     ``probe_accuracy``       float64    activation rows, with ``probes=True`` and ``labels``:
                                         linear-probe accuracy (:mod:`ndtracker.spectra.probes`)
+    ``source``               string     activation rows: ``train`` (the step's first training
+                                        forward) or ``probe`` (the probe batch); null for weights
     =======================  =========  ===========================================================
 
     With ``similarity=True`` a third table, read by ``ndtracker.load(DIR, table="similarity")``,
@@ -115,7 +133,10 @@ class Tracker:
 
     Args:
         model: The model to watch.
-        every: Sample every this many steps (positive int). Default 5.
+        every: Sample every this many steps (positive int; default 5), or a schedule: a list of
+            ``(start, every)`` pairs with increasing starts, the first at 0, e.g. ``[(0, 1), (100,
+            5)]``: from each ``start`` on, the multiples of its ``every`` are sampled (dense early
+            curves, then cheaper). Recorded in ``run.json``.
         log_dir: Run directory for the Parquet logs; created if missing. Default
             ``runs/ndtracker-<date>-<time>``.
         layers: Which modules to track: names, glob patterns (``"encoder.*.fc1"``), module types or
@@ -137,12 +158,12 @@ class Tracker:
         center: Mean-centre activation columns (default True). Weights are never centred.
         max_layers: Cap on the default layer selection (default 64), a positive integer;
             ``None`` for no cap.
-        weight_every: Measure weights every this many steps, a multiple of ``every``. Default:
-            ``every``: every sampled step measures activation and weight spectra. The weight
-            spectra are usually the dearer part of a sample (a weight's Gram matrix is formed
-            from the whole matrix, where activations are capped at ``max_rows`` rows) and weights
-            change slowly, so to make them cheaper pass a multiple, e.g. ``weight_every=10 *
-            every``, or ``spaces="activation"`` to leave them out.
+        weight_every: Measure weights every this many steps, a multiple of ``every`` (of each
+            interval of a schedule). Default: every sampled step measures activation and weight
+            spectra. The weight spectra are usually the dearer part of a sample (a weight's Gram
+            matrix is formed from the whole matrix, where activations are capped at ``max_rows``
+            rows) and weights change slowly, so to make them cheaper pass a multiple, e.g.
+            ``weight_every=10 * every``, or ``spaces="activation"`` to leave them out.
         track_eval: Also capture forwards run in eval mode or without autograd (a frozen
             backbone under ``torch.no_grad()``), when no training forward came first.
         output_key: For modules returning a dict, a dataclass or another object, the key or
@@ -153,7 +174,9 @@ class Tracker:
             because hooks added or removed after compilation are ignored or force recompilation
             and graph breaks, depending on the torch version (pass it when you compile the model
             or the training step after building the Tracker).
-        detect: Run the online jump and phase detector on ``stable_rank`` (default True).
+        detect: Run the online jump and phase detector on ``stable_rank`` (default True). Its
+            events are logged through the ``ndtracker`` logger as they are found (a collapse
+            phase at WARNING, the others at INFO) and written to ``events/`` with the next flush.
         gradients: Log each tracked weight's gradient norm as ``grad_norm`` on measured steps
             (default False): a post-accumulate-grad hook per weight, installed only around those
             steps, so a ``zero_grad()`` before :meth:`step` is fine.
@@ -161,7 +184,22 @@ class Tracker:
             of each sampled forward (default False; convolutions pooled per example).
         probes: Log each layer's linear-probe accuracy against ``step(labels=...)`` as
             ``probe_accuracy`` (default False): a closed-form ridge classifier fitted on half of
-            the first 512 examples and scored on the other half.
+            the first 512 examples and scored on the other half. (Not to be confused with
+            ``probe``, the fixed probe batch; the two do not combine yet.)
+        probe: A fixed batch measured instead of the training batch: a tensor ``x``
+            (``model(x)``), a tuple of positional inputs (``model(*probe)``), a dict of keyword
+            inputs (``model(**probe)``) or a :class:`~ndtracker.tracking.Probe` ``(args, kwargs)``
+            for both; inputs only, no labels. It runs once per sample, when the step begins,
+            under ``torch.no_grad()`` with every module in eval mode (each module's training flag
+            restored exactly), moved to the model's device and floating-point dtype; and once at
+            construction, to check the model takes it. Prefer it for low-noise curves: with the
+            training batch, an activation curve's wiggles (and the jumps and phases found in them)
+            are partly batch noise. Costs one forward of the probe batch per sample. Not with
+            ``similarity`` or ``probes`` (they read the training forward).
+        on_event: Called with each online jump and phase change as an
+            :class:`~ndtracker.tracking.OnlineEvent`, from :meth:`step` on the training thread,
+            as soon as the detector reports it (and from :meth:`close` for those it held back).
+            An exception it raises is warned about once and never stops training.
         start_step: The first step's number, to continue a resumed run's step axis. Default 0.
             With ``start_step > 0`` in a ``log_dir`` that already holds a run, ``run.json``
             links the new run to the latest one there (``"resumes"``), and ``load`` and
@@ -189,10 +227,12 @@ class Tracker:
             measures its own rows. Weights are always measured whole (sharded ones included).
 
     Raises:
-        TypeError: If ``model`` is not an ``nn.Module``, an option has the wrong type or a sink
-            lacks ``write``/``close``.
-        ValueError: If an option is out of range, a ``layers`` entry matches nothing, there is no
-            trackable layer, or ``log_dir`` is a file or not writable.
+        TypeError: If ``model`` is not an ``nn.Module``, ``on_event`` is not callable, an option
+            has the wrong type or a sink lacks ``write``/``close``.
+        ValueError: If an option is out of range, ``every`` is not a valid schedule, a ``layers``
+            entry matches nothing, there is no trackable layer, the model cannot take ``probe``,
+            it reaches no tracked layer or gives one a single row, or ``log_dir`` is a file or not
+            writable.
 
     Example:
         >>> import torch, tempfile
@@ -209,7 +249,7 @@ class Tracker:
         self,
         model: nn.Module,
         *,
-        every: int = 5,
+        every: EverySpec = 5,
         log_dir: str | None = None,
         layers: LayerSpec | Sequence[LayerSpec] | None = None,
         metrics: Sequence[str] | None = None,
@@ -227,6 +267,8 @@ class Tracker:
         gradients: bool = False,
         similarity: bool = False,
         probes: bool = False,
+        probe: ProbeSpec | None = None,
+        on_event: Callable[[OnlineEvent], Any] | None = None,
         start_step: int = 0,
         flush_secs: float = 5.0,
         max_buffer_rows: int = DEFAULT_MAX_BUFFER_ROWS,
@@ -255,14 +297,23 @@ class Tracker:
         self._sinks = SinkFanout(sinks)
         self._closed = False
         self._warned: set[tuple[str, str]] = set()
+        self._on_event = _check_on_event(on_event)
         self._detectors = SeriesDetectors(detector_factory(boolean("detect", detect)), self._warn_once)
-        self._writer = _open_writer(log_dir, self._run_info(writing), writing, self._parallel)
+        probe = as_probe(probe)
         capturing = self._options if self._parallel is None else self._parallel.capture_options(self._options)
         self._capturer = Capturer(self._model, self._layers, capturing, self._warn_once)
         self._extras = Extras(self._layers, self._options, self._warn_once)
+        try:
+            runner = self._check_probe(probe)
+            self._writer = _open_writer(log_dir, self._run_info(writing, runner), writing, self._parallel)
+        except BaseException:  # permanent hooks are installed already
+            self._capturer.remove()
+            raise
         recompile_with_hooks(model, _warn_at_user)
-        if self._is_sampled(self._step):
-            self._arm()
+        self._sampler = Sampler(self._layers, self._options, self._capturer, runner, self._warn_once, self._parallel)
+        self._next_sample = self._options.every.next_sampled(self._step)
+        if self._step == self._next_sample:
+            self._turn(None, self._step)  # the first step's weights (and probe): the initial ones
 
     # ---------------------------------------------------------------------------------- public
 
@@ -287,10 +338,13 @@ class Tracker:
         return self._step
 
     def step(self, loss: float | torch.Tensor | None = None, *, labels: Any = None) -> None:
-        """End the current training step; measure it if it was sampled.
+        """End the current training step; log it if it was sampled; begin the next one.
 
-        Call once per optimizer step, after ``optimizer.step()``. Never raises over a measurement:
-        a failure is logged as NaN with a ``status`` and warned once per layer.
+        Call once per optimizer step, after ``optimizer.step()``. If the next step is sampled, its
+        weights (and probe) are measured now: they are the weights its forward will use. Online
+        events settled by this sample are logged and handed to ``on_event`` before it returns.
+        Never raises over a measurement: a failure is logged as NaN with a ``status`` and warned
+        once per layer.
 
         Args:
             loss: The step's loss (float, 0-d tensor or None). A tensor is read only on sampled
@@ -301,11 +355,15 @@ class Tracker:
         if self._closed:
             self._warn_once("*", "closed", "step() after close() measures and logs nothing; build a new "
                             "Tracker (start_step= continues the step axis)")  # fmt: skip
-        elif self._capturer.armed:
-            self._finish_sample(loss, labels)
+            self._step += 1
+            return
+        ended = self._step if self._step == self._next_sample else None
         self._step += 1
-        if self._is_sampled(self._step) and not self._closed:
-            self._arm()
+        if ended is not None:
+            self._next_sample = self._options.every.next_sampled(self._step)
+        starting = self._step if self._step == self._next_sample else None
+        if ended is not None or starting is not None:
+            self._turn(ended, starting, loss, labels)
 
     def flush(self) -> None:
         """Write the rows logged so far to disk now (they are also written every ``flush_secs``).
@@ -319,7 +377,7 @@ class Tracker:
         if self._closed:
             return
         self._closed = True
-        self._capturer.disarm()
+        self._sampler.drop()
         self._capturer.remove()
         self._extras.disarm()
         try:
@@ -349,43 +407,44 @@ class Tracker:
         """The resolved hook strategy, ``"sampled"`` or ``"permanent"``."""
         return self._options.hooks
 
-    def _is_sampled(self, step: int) -> bool:
-        return step % self._options.every == 0
-
-    def _arm(self) -> None:
-        self._capturer.arm()
-        self._extras.arm(self._step)
-
-    def _finish_sample(self, loss: float | torch.Tensor | None, labels: Any = None) -> None:
-        """Measure the captures and weights of the sampled step, log the rows, disarm."""
-        step, now = self._step, time.time()
+    def _turn(
+        self, ended: int | None, starting: int | None, loss: float | torch.Tensor | None = None, labels: Any = None
+    ) -> None:
+        """Log the sampled step that ended and measure the start of the sampled step that begins."""
+        now = time.time()
         try:
-            with_weights = self._options.weights_at(step)
-            if with_weights:  # a replaced module or a complex weight: say why no weight row
-                warn_unmeasured(self._layers, self._warn_once)
-            if self._parallel is not None:  # the same collectives on every rank
-                jobs, keys, results = self._parallel.measure(
-                    self._layers, self._options, step, with_weights, self._warn_once)  # fmt: skip
-            else:
-                jobs, keys = sample_jobs(self._layers, self._options, with_weights, self._warn_once)
-                results = measure_jobs(jobs, keys, self._warn_once)
+            extra, similarity = ({}, [])
+            if ended is not None:  # before the sampler drops the step's captures and examples
+                try:
+                    extra, similarity = self._extras.finish(ended, labels, now)
+                finally:
+                    self._extras.disarm()
+            rows = self._sampler.turn(ended, starting)
+            if not rows:
+                return
             loss = loss_value(loss, self._warn_once)  # read after the measurement's transfer: no extra GPU stall
-            extra, similarity = self._extras.finish(step, labels, now)
-            rows = [
-                log_row(step, (name, space), jobs[i], results[i], self._options.metrics, self._warn_once)
-                | {"loss": loss, "wall_time": now} | extra.get((name, space), {})
-                for name, space, i in keys
-            ]  # fmt: skip
+            rows = [row | {"loss": loss, "wall_time": now} | extra.get((row["layer"], row["space"]), {}) for row in rows]
             self._writer.append(rows)
             if similarity:
                 self._writer.append_similarity(similarity)
-            self._sinks.write(step, rows)
+            self._sinks.write(ended, rows)
             self._emit_events(self._detectors.feed(rows))
         except Exception as error:  # a monitor never stops training
-            self._warn_once("*", "*", f"sample of step {step} failed: {error!r}")
+            self._warn_once("*", "*", f"sample of step {ended if ended is not None else starting} failed: {error!r}")
         finally:
-            self._capturer.disarm()
-            self._extras.disarm()
+            if starting is not None:
+                self._extras.arm(starting)  # gradient hooks for the step that begins
+
+    def _check_probe(self, probe: Any) -> ProbeRunner | None:
+        """The probe's runner, after one run that checks the model takes it (None without a probe)."""
+        if probe is None:
+            return None
+        if self._options.similarity or self._options.probes:
+            raise ValueError("probe= does not combine with similarity=True or probes=True yet (they read the "
+                             "training forward's examples); pass one or the other")  # fmt: skip
+        runner = ProbeRunner(self._model, probe)
+        check_probe(runner, self._capturer, self._layers, self._options)
+        return runner
 
     def _warn_once(self, layer: str, space: str, message: str) -> None:
         """Warn about a (layer, space) once per run; ``"*"`` stands for the whole tracker."""
@@ -397,26 +456,42 @@ class Tracker:
         warnings.warn(message, RuntimeWarning, stacklevel=_user_stacklevel())
 
     def _emit_events(self, events: list[dict[str, Any]]) -> None:
+        """Log, write and hand each event to ``on_event`` now, on the training thread."""
         if not events:
             return
         now = time.time()
         for event in events:
             event.setdefault("wall_time", now)
-            log.info("%s", describe_event(event))
+            log.log(log_level(event), "%s", describe_event(event))
         try:
             self._writer.append_events(events)
         except Exception as error:
             self._warn_once("*", "events", f"could not log events: {error!r}")
+        for event in events if self._on_event is not None else []:
+            self._call_on_event(OnlineEvent.from_row(event))
 
-    def _run_info(self, writing: dict[str, Any]) -> dict[str, Any]:
+    def _call_on_event(self, event: OnlineEvent) -> None:
+        try:
+            self._on_event(event)  # type: ignore[misc]
+        except Exception as error:  # the user's callable never stops training either
+            self._warn_once("*", "on_event", f"on_event raised {error!r} (further errors are not reported)")
+
+    def _run_info(self, writing: dict[str, Any], probe: ProbeRunner | None) -> dict[str, Any]:
+        options = {**self._options.as_dict(), **writing, "probe": None if probe is None else probe.describe()}
         info = {
-            "model": type(self._model).__name__, "options": {**self._options.as_dict(), **writing},
+            "model": type(self._model).__name__, "options": options,
             "layers": [layer.info() for layer in self._layers],
             "ndtracker_version": __version__, "torch_version": torch.__version__,
         }  # fmt: skip
         if self._parallel is not None:
             info["distributed"] = self._parallel.info()
         return info
+
+
+def _check_on_event(on_event: Any) -> Callable[[OnlineEvent], Any] | None:
+    if on_event is not None and not callable(on_event):
+        raise TypeError(f"on_event must be a callable taking an OnlineEvent, or None, got {on_event!r}")
+    return on_event
 
 
 def _open_writer(

@@ -126,6 +126,8 @@ def train_and_record(model, tracker, batches, recorder, layout, names, weights, 
     opt = opt or torch.optim.SGD(model.parameters(), lr=0.05)
     expected = {}
     for step, batch in enumerate(batches):
+        for name in weights:  # a step's weight row: the weights its forward uses (before its update)
+            expected[(step, name, "weight")] = spectrum_metrics(full_weight(dict(model.named_modules())[name].weight))
         parts = [batch] if accumulate is None else accumulate(batch)
         for index, part in enumerate(parts):
             context = model.no_sync() if accumulate is not None and index < len(parts) - 1 else _null()
@@ -138,8 +140,6 @@ def train_and_record(model, tracker, batches, recorder, layout, names, weights, 
         for name in names:
             matrix = global_activation(outputs[name], layout, name in split)
             expected[(step, name, "activation")] = spectrum_metrics(matrix)
-        for name in weights:
-            expected[(step, name, "weight")] = spectrum_metrics(full_weight(dict(model.named_modules())[name].weight))
     tracker.close()
     return expected
 
