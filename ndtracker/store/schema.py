@@ -52,5 +52,6 @@ TABLE_SORT_KEYS: dict[str, tuple[str, ...]] = {
 }  # fmt: skip
 # Columns added after schema version 1 first shipped: parts written before them read them as null.
 # ``rank`` is the global rank of the process that wrote the row in a torch.distributed job (null
-# otherwise); ``grad_norm`` and ``probe_accuracy`` are opt-in measurements.
-ADDED_COLUMNS: frozenset[str] = frozenset({"rank", "grad_norm", "probe_accuracy"})
+# otherwise); ``grad_norm`` and ``probe_accuracy`` are opt-in measurements; ``source`` says where
+# activation rows came from (``train`` or ``probe``).
+ADDED_COLUMNS: frozenset[str] = frozenset({"rank", "grad_norm", "probe_accuracy", "source"})
