@@ -33,7 +33,7 @@ from ndtracker.spectra.exact import ROW_FIELDS
 from ndtracker.tracking.layers import TrackedLayer
 from ndtracker.tracking.options import Options
 from ndtracker.tracking.parallel_layout import Layout, is_dtensor
-from ndtracker.tracking.sample import NO_FORWARD, measure_jobs
+from ndtracker.tracking.sample import measure_jobs, no_forward_message
 from ndtracker.vocabulary import ESTIMATORS
 
 __all__ = ["GlobalSample"]
@@ -106,7 +106,7 @@ class GlobalSample:
                 slot = _Slot(layer, "activation", [layer.name], local=local)
                 slot.dropped = local and layer.capture is None
                 if slot.dropped:
-                    self.warn(layer.name, "activation", NO_FORWARD)
+                    self.warn(layer.name, "activation", no_forward_message(self.options.hooks))
                 slots.append(slot)
             weight = layer.weight if with_weights else None
             if weight is None:
@@ -167,7 +167,7 @@ class GlobalSample:
             return
         if not present:
             slot.dropped = True
-            self.warn(slot.layer.name, "activation", NO_FORWARD)
+            self.warn(slot.layer.name, "activation", no_forward_message(self.options.hooks))
             return
         split = any(meta[r][4] for r in present)
         contributors = present if split else [r for r in present if self.layout.tensor_index[r] == 0]

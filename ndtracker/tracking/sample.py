@@ -28,6 +28,13 @@ NO_FORWARD = (
     "are not captured: pass track_eval=True to measure them, or layers=[...] to leave this layer "
     "out{compile})"
 )
+
+
+def no_forward_message(hooks: str) -> str:
+    """Why a layer has no activation row, with the compile advice only where it applies."""
+    return NO_FORWARD.format(compile=COMPILED_LATER if hooks != "permanent" else "")
+
+
 COMPILED_LATER = "; if you apply torch.compile after building the Tracker, pass hooks='permanent'"
 
 
@@ -57,7 +64,7 @@ def activation_jobs(layers: list[TrackedLayer], options: Options, warn: Warn, mi
     ``missing`` is the warning for a layer with no capture (default: no training forward).
     """
     if missing is None:
-        missing = NO_FORWARD.format(compile=COMPILED_LATER if options.hooks != "permanent" else "")
+        missing = no_forward_message(options.hooks)
     batch = Batch()
     for layer in layers:
         if layer.capture is not None:
