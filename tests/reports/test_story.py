@@ -50,3 +50,11 @@ def test_layer_labels_use_the_run_metadata(tmp_path):
 
 def test_the_glossary_explains_every_phase_kind_and_jumps():
     assert set(story.GLOSSARY) == {"collapse", "expansion", "stabilization", "jump"}
+
+
+def test_cut_heatmap_names_carry_their_full_name_on_hover():
+    from ndtracker.reports import figures
+
+    long = "encoder.layer.11.attention.self.query"
+    svg = figures.heatmap_figure([long, "fc"], np.random.default_rng(0).random((2, 5)), np.arange(6.0), "m", "h")
+    assert f"<title>{long}</title>" in svg and "<title>fc</title>" not in svg
