@@ -163,6 +163,7 @@ class Unused(nn.Module):
         (net, dict(probe={"x": 3}), "probe holds no tensor"),
         (net, dict(probe=torch.randn(8, 12), spaces="weight"), "probe measures activations"),
         (Unused, dict(probe=torch.randn(8, 4), layers="spare"), r"reached none of the tracked layers \['spare'\]"),
+        (net, dict(probe=torch.randn(8, 12), probes=True), "probe= does not combine with similarity=True or probes=True"),
         (net, dict(probe=torch.randn(1, 12)), r"a single activation row once centred.*\{'0': \(1, 32\), .*at least 2 samples"),
     ],
 )
