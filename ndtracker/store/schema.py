@@ -48,7 +48,7 @@ SCHEMAS: dict[str, pa.Schema] = {"metrics": METRICS_SCHEMA, "events": EVENTS_SCH
 NULLABLE_INTS = {"energy90": "Int64", "direction": "Int8", "rank": "Int64"}  # pandas dtypes that keep nulls
 SORT_KEYS = ("run_id", "step", "layer", "space", "rank")  # rank: ranks="all" of a distributed job
 TABLE_SORT_KEYS: dict[str, tuple[str, ...]] = {
-    "metrics": SORT_KEYS, "events": SORT_KEYS, "similarity": ("run_id", "step", "layer_a", "layer_b", "space"),
+    "metrics": SORT_KEYS, "events": (*SORT_KEYS[:4], "metric", "kind", "rank"), "similarity": ("run_id", "step", "layer_a", "layer_b", "space"),
 }  # fmt: skip
 # Columns added after schema version 1 first shipped: parts written before them read them as null.
 # ``rank`` is the global rank of the process that wrote the row in a torch.distributed job (null
