@@ -20,10 +20,11 @@ By default each sample's figures also go to the trainer's loggers (``trainer.log
 ``log_metrics``) as ``ndtracker/{space}/{metric}/{layer}``; ``report=False`` turns that off. Pass
 more sinks with ``sinks=[...]``. The Parquet logs in ``log_dir`` stay the source of truth.
 
-Multi-device training: a Tracker is built on every rank (its hooks and any collective must run
-wherever the model runs) and only rank 0 is meant to write; until the distributed Tracker lands,
-every rank writes its own run (its own ``run_id``) into ``log_dir``, so pass the same explicit
-``log_dir`` to every rank. The trainer's loggers write on rank 0 only.
+Multi-device training (``strategy="ddp"``, ``"ddp_spawn"``...): a Tracker is built on every rank
+(its hooks and any collective must run wherever the model runs) and, by default (``ranks=0``),
+rank 0 alone writes the job's one run, whose ``run.json`` entry records the job under
+``distributed``; pass an explicit ``log_dir`` so every rank agrees on it. The trainer's loggers
+write on rank 0 only.
 Needs ``pip install 'torch-ndtracker[lightning]'``.
 """
 

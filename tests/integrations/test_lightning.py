@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import warnings
+import json
 
+import numpy as np
 import pytest
 import torch
 from torch.nn import functional as F
@@ -45,9 +46,9 @@ def loader(batches: int = 24) -> torch.utils.data.DataLoader:
 
 
 def trainer(callback, max_steps: int, **options) -> pl.Trainer:
-    options = {"logger": False, "enable_checkpointing": False, **options}
+    options = {"logger": False, "enable_checkpointing": False, "devices": 1, **options}
     return pl.Trainer(
-        accelerator="cpu", devices=1, max_steps=max_steps, callbacks=[callback],
+        accelerator="cpu", max_steps=max_steps, callbacks=[callback],
         enable_progress_bar=False, enable_model_summary=False, **options,
     )  # fmt: skip
 
@@ -133,7 +134,20 @@ def test_options_are_checked_at_construction():
         TrackerCallback(start_step=3)
 
 
-@pytest.mark.skip(reason="needs the distributed Tracker (issue in progress): with the Tracker of today "
-                  "every rank writes its own run, so there is nothing rank-aware to check yet")
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
 def test_ddp_on_two_cpu_processes(tmp_path):
-    """Lightning strategy="ddp" on 2 CPU processes: one run, rank 0 writes, steps as on one device."""
+    """Lightning strategy="ddp_spawn" on 2 CPU processes: one run, rank 0 writes, steps as on one device."""
+    callback = TrackerCallback(every=2, log_dir=str(tmp_path / "nd"), detect=False)
+    trainer(
+        callback, max_steps=6, accumulate_grad_batches=2, devices=2, strategy="ddp_spawn"
+    ).fit(Classifier(), loader())  # fmt: skip
+    frame = ndtracker.load(tmp_path / "nd")
+    assert frame["run_id"].nunique() == 1
+    assert sorted(set(frame["step"])) == [0, 2, 4]  # each rank's 6 optimizer steps, sampled every 2
+    assert set(frame["rank"]) == {0}  # only rank 0 wrote
+    [run] = json.loads((tmp_path / "nd" / "run.json").read_text())["runs"]
+    assert run["distributed"]["world_size"] == 2
+    for space in ("weight", "activation"):
+        rows = frame[frame.space == space]
+        assert set(rows["layer"]) == {"net.0", "net.2", "net.4"}, space
+        assert np.isfinite(rows["stable_rank"].to_numpy(float)).all(), space
