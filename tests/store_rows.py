@@ -14,7 +14,7 @@ DTYPES = {
     "run_id": "str", "step": "int64", "layer": "str", "space": "str", "stable_rank": "float64",
     "participation_ratio": "float64", "effective_rank": "float64", "energy90": "Int64",
     "rows": "int64", "cols": "int64", "estimator": "str", "loss": "float64", "wall_time": "float64",
-    "status": "str",
+    "status": "str", "condensation": "float64", "directions": "float64",
 }  # fmt: skip
 
 

@@ -25,10 +25,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ndtracker.errors import NdtrackerError, SchemaError
+from ndtracker.checks import choice
 from ndtracker.store.files import RESOURCE_ERRORS, NotRegularFileError, open_regular
 from ndtracker.store.layout import PART_NAME, list_parts, read_run_info
 from ndtracker.store.runs import Selection, select_runs
-from ndtracker.store.schema import EVENTS_SCHEMA, METRICS_SCHEMA, NULLABLE_INTS, SCHEMA_VERSION, SORT_KEYS, VERSION_KEY
+from ndtracker.store.schema import ADDED_COLUMNS, NULLABLE_INTS, SCHEMA_VERSION, SCHEMAS, SORT_KEYS, VERSION_KEY
 
 __all__ = ["load", "read_table", "read_parts", "sort_rows"]
 
@@ -148,10 +149,19 @@ def _read_open(handle: BinaryIO, path: Path, target: pa.Schema, strings: list[st
         part = pq.ParquetFile(handle)
     _check_version(part.schema_arrow, path)
     missing = [name for name in target.names if name not in part.schema_arrow.names]
-    if missing:
+    if set(missing) - ADDED_COLUMNS:
         _skip(path, f"it is not an ndtracker part (no column {missing[0]!r})")
         return None
-    return part.read(columns=target.names)
+    return _with_nulls(part.read(columns=[n for n in target.names if n not in missing]), target)
+
+
+def _with_nulls(table: pa.Table, target: pa.Schema) -> pa.Table:
+    """Add the columns of ``target`` a part written before they existed lacks, as nulls, in order."""
+    if table.num_columns == len(target):
+        return table
+    columns = [table[f.name] if f.name in table.column_names else pa.nulls(table.num_rows, f.type)
+               for f in target]  # fmt: skip
+    return pa.Table.from_arrays(columns, names=target.names)
 
 
 def _conform(table: pa.Table, target: pa.Schema, path: Path, run_id: str | None) -> pa.Table | None:
@@ -270,6 +280,7 @@ def load(
     run_id: str | Sequence[str] | None = None,
     events: bool = False,
     columns: Sequence[str] | None = None,
+    table: str | None = None,
 ) -> pd.DataFrame:
     """Load the rows of a run directory as a DataFrame, sorted by (run start, step, layer, space).
 
@@ -282,8 +293,11 @@ def load(
         run_id: None (default: the latest run, with the runs it resumes), ``"all"`` (every run;
             each row carries its ``run_id``), one run id, or a list (or comma-separated string) of
             run ids to read as one resumed run.
-        events: Load the events table (jumps and phases) instead of the metrics.
+        events: Load the events table (jumps and phases) instead of the metrics; the same as
+            ``table="events"``.
         columns: Load only these columns, in this order (default: all, in schema order).
+        table: Which table to load: ``"metrics"`` (the default), ``"events"`` or ``"classes"``
+            (class geometry, written when labels are passed to ``Tracker.step``).
 
     Returns:
         One row per (step, layer, space) for metrics; ``energy90`` (and ``direction`` of events) are
@@ -292,16 +306,17 @@ def load(
     Raises:
         RunNotFoundError: ``run_dir`` does not exist or holds no run, or ``run_id`` names a run
             that is not in it.
-        ValueError: ``columns`` names an unknown column.
+        ValueError: ``columns`` names an unknown column, or ``table`` an unknown table.
         SchemaError: ``run.json`` or a part was written with a newer schema version.
 
     Damaged parts (truncated, not Parquet, other columns) are skipped with a warning naming them.
     """
+    name = _table_name(table, events)
     entries = read_run_info(run_dir)
     selection = select_runs(entries, run_id, run_dir)
     if run_id is None and selection.others:
         warnings.warn(_others_notice(run_dir, selection), UserWarning, stacklevel=2)
-    return _to_frame(_read(run_dir, entries, selection, events, columns, sort=True))
+    return _to_frame(_read(run_dir, entries, selection, name, columns, sort=True))
 
 
 def read_table(
@@ -311,11 +326,12 @@ def read_table(
     events: bool = False,
     columns: Sequence[str] | None = None,
     sort: bool = True,
+    table: str | None = None,
 ) -> pa.Table:
     """Load rows as a pyarrow Table, string columns dictionary-encoded: `load` without pandas.
 
     Args:
-        run_dir, run_id, events, columns: As for `load` (no warning about runs left out).
+        run_dir, run_id, events, columns, table: As for `load` (no warning about runs left out).
         sort: Sort as `load` does (default). With False the rows come in the order they were
             written (each run's parts in turn), which saves the sort's time and memory on a long
             run when the caller groups the rows itself. Either way a row repeated under the same
@@ -328,18 +344,19 @@ def read_table(
         RunNotFoundError, ValueError, SchemaError: As for `load`.
     """
     entries = read_run_info(run_dir)
-    return _read(run_dir, entries, select_runs(entries, run_id, run_dir), events, columns, sort)
+    name = _table_name(table, events)
+    return _read(run_dir, entries, select_runs(entries, run_id, run_dir), name, columns, sort)
 
 
 def _read(
-    run_dir: str | os.PathLike, entries: list[dict], selection: Selection, events: bool,
+    run_dir: str | os.PathLike, entries: list[dict], selection: Selection, name: str,
     columns: Sequence[str] | None, sort: bool,
 ) -> pa.Table:  # fmt: skip
-    schema = EVENTS_SCHEMA if events else METRICS_SCHEMA
+    schema = SCHEMAS[name]
     wanted = _check_columns(columns, schema)
     runs = [str(run.get("run_id")) for run in entries]
     names = list(dict.fromkeys([*SORT_KEYS, *wanted]))
-    folder = Path(run_dir) / ("events" if events else "metrics")
+    folder = Path(run_dir) / name
     if len(selection.runs) == len(entries) and not selection.stitched:  # every run: one pass
         tables = [read_parts(folder, schema, runs, None, names)]
     else:
@@ -359,6 +376,16 @@ def _others_notice(run_dir: str | os.PathLike, selection: Selection) -> str:
     what = f"the latest run {loaded}" if len(selection.runs) == 1 else f"the latest run stitched to the runs it resumes ({loaded})"
     return (f"{str(run_dir)!r} holds {len(selection.runs) + len(selection.others)} runs; loaded {what}; "
             f"pass run_id='all' for every run, or run_id=ID for one of: {', '.join(selection.others)}")  # fmt: skip
+
+
+def _table_name(table: str | None, events: bool) -> str:
+    """The table to read: ``table`` if given (checked), else events or metrics."""
+    if table is None:
+        return "events" if events else "metrics"
+    table = choice("table", table, tuple(SCHEMAS))
+    if events and table != "events":
+        raise ValueError(f"events=True reads the events table; got table={table!r} as well")
+    return table
 
 
 def _check_columns(columns: Sequence[str] | None, schema: pa.Schema) -> list[str]:
