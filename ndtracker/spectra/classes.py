@@ -39,7 +39,7 @@ import torch
 
 __all__ = [
     "STATISTICS", "ClassPlan", "ClassGeometry", "plan_classes", "geometry_tensor", "finish",
-    "class_geometry", "measure_classes",
+    "class_geometry", "measure_classes", "example_matrix", "to_host",
 ]  # fmt: skip
 
 STATISTICS: tuple[str, ...] = (
@@ -100,6 +100,30 @@ class ClassGeometry:
     def as_row(self) -> dict[str, float | int | str]:
         """The record as a ``classes`` table row (without step, layer and run columns)."""
         return {name: getattr(self, name) for name in ("classes", "skipped_classes", *STATISTICS, "status")}
+
+
+def example_matrix(
+    output: torch.Tensor, *, channels_first: bool = False, index: torch.Tensor | None = None
+) -> torch.Tensor:
+    """A layer output as a float32 ``(examples, features)`` matrix: one row per input example.
+
+    ``(B,)`` gives ``(B, 1)``; ``(B, F)`` stays; a sequence ``(B, T, D)`` (any number of middle
+    dims) is averaged over its tokens to ``(B, D)``; with ``channels_first`` a convolution output
+    ``(B, C, *spatial)`` is averaged over its positions to ``(B, C)``.
+
+    Args:
+        output: The layer output, batch first.
+        channels_first: Whether dim 1 holds channels.
+        index: Rows (examples) to keep, on the output's device; None keeps all.
+    """
+    x = output.detach()
+    if index is not None:
+        x = x.index_select(0, index)
+    if x.dim() <= 1:
+        return x.reshape(-1, 1).float()
+    if x.dim() > 2:
+        x = x.float().flatten(2).mean(2) if channels_first else x.float().flatten(1, -2).mean(1)
+    return x.float()
 
 
 def plan_classes(labels: np.ndarray | Sequence[int]) -> ClassPlan:

@@ -38,6 +38,7 @@ class Options:
     track_eval: bool
     output_key: str | None
     seed: int
+    condensation: bool = False
 
     def weights_at(self, step: int) -> bool:
         """Whether weights are measured at ``step`` (a sampled step)."""
@@ -57,7 +58,8 @@ def check_options(model: nn.Module, **given: Any) -> Options:
     Args:
         model: The model as the user passed it (a compiled one picks permanent hooks).
         **given: ``every``, ``weight_every``, ``metrics``, ``spaces``, ``estimator``, ``conv``,
-            ``hooks``, ``max_rows``, ``center``, ``track_eval``, ``output_key`` and ``seed``, as
+            ``hooks``, ``max_rows``, ``center``, ``track_eval``, ``output_key``, ``seed`` and
+            ``condensation``, as
             passed to the Tracker.
 
     Returns:
@@ -83,6 +85,7 @@ def check_options(model: nn.Module, **given: Any) -> Options:
         track_eval=boolean("track_eval", given["track_eval"]),
         output_key=given["output_key"],
         seed=int(given["seed"]),
+        condensation=boolean("condensation", given.get("condensation", False)),
     )
 
 

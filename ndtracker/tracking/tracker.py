@@ -23,6 +23,7 @@ from torch import nn
 
 from ndtracker import store
 from ndtracker.checks import boolean, non_negative_int, optional_positive_int, positive_int, positive_seconds
+from ndtracker.tracking import geometry
 from ndtracker.tracking.capture import Capturer
 from ndtracker.tracking.layers import (
     DEFAULT_MAX_LAYERS, LayerSpec, recompile_with_hooks, select_layers, unwrapped, warn_unmeasured,
@@ -101,6 +102,23 @@ class Tracker:
                                         is a single row once centred), ``empty`` (no rows or no
                                         columns), ``failed`` (the decomposition raised)
     =======================  =========  ===========================================================
+    ``condensation``         float64    weight rows with ``condensation=True``: fraction of neuron
+                                        pairs whose input-weight vectors (bias included) have
+                                        |cos| >= 0.9; else null
+    ``directions``           float64    weight rows with ``condensation=True``: participation ratio
+                                        of the neurons' cosine matrix (distinct directions)
+    =======================  =========  ===========================================================
+
+    Class geometry (``step(loss=..., labels=y)``): on sampled steps with labels, one row per layer
+    in the ``classes`` table (``ndtracker.load(log_dir, table="classes")``): ``classes`` and
+    ``skipped_classes`` (fewer than two rows), ``nc1``, ``radius``, ``dimension``,
+    ``center_alignment``, ``axes_alignment``, ``ncc_accuracy`` (defined in
+    :mod:`ndtracker.spectra.classes`), ``rows`` and ``status`` (``ok``, ``few_classes``,
+    ``nonfinite``, ``zero``, ``mismatch``). Rows are examples: a sequence output is averaged over
+    its tokens, a convolution output over its positions; above ``max_rows`` examples, the
+    activations and the labels keep the same examples. Sequence and convolution outputs are
+    pooled from the first sample after labels were first passed (the first labelled sample has
+    the layers whose outputs are ``(batch, features)``), so an unlabelled run pays nothing.
 
     Args:
         model: The model to watch.
@@ -158,6 +176,9 @@ class Tracker:
             :mod:`ndtracker.tracking.sinks`), e.g. ``TensorBoardSink``, ``WandbSink`` or
             ``MlflowSink`` from :mod:`ndtracker.integrations`. A sink that raises is warned about
             once and never stops training; ``close()`` closes the sinks.
+        condensation: Also measure, on weight samples, how far each layer's neurons share
+            input-weight directions (the ``condensation`` and ``directions`` columns; one
+            ``out x out`` cosine matrix per layer, at most 4096 neurons). Default False.
 
     Raises:
         TypeError: If ``model`` is not an ``nn.Module``, an option has the wrong type or a sink
@@ -200,6 +221,7 @@ class Tracker:
         max_buffer_rows: int = DEFAULT_MAX_BUFFER_ROWS,
         seed: int = 0,
         sinks: Sequence[Sink] | None = None,
+        condensation: bool = False,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -207,7 +229,7 @@ class Tracker:
         self._options = check_options(
             model, every=every, weight_every=weight_every, metrics=metrics, spaces=spaces,
             estimator=estimator, conv=conv, hooks=hooks, max_rows=max_rows, center=center,
-            track_eval=track_eval, output_key=output_key, seed=seed,
+            track_eval=track_eval, output_key=output_key, seed=seed, condensation=condensation,
         )  # fmt: skip
         self._step = non_negative_int("start_step", start_step)
         writing = {
@@ -248,7 +270,7 @@ class Tracker:
         """The number of the step in progress (the next :meth:`step` call ends it)."""
         return self._step
 
-    def step(self, loss: float | torch.Tensor | None = None) -> None:
+    def step(self, loss: float | torch.Tensor | None = None, labels: Any = None) -> None:
         """End the current training step; measure it if it was sampled.
 
         Call once per optimizer step, after ``optimizer.step()``. Never raises over a measurement:
@@ -257,12 +279,18 @@ class Tracker:
         Args:
             loss: The step's loss (float, 0-d tensor or None). A tensor is read only on sampled
                 steps.
+            labels: The class labels of the step's training batch (integer class indices, one
+                per example: a 1-D tensor, array or list), or None. On sampled steps they give the
+                ``classes`` table (see the class geometry in the class docstring); read only on
+                sampled steps (labels on a GPU cost one more synchronisation there).
         """
+        if labels is not None:
+            self._capturer.examples = True  # from now on, sequence and conv outputs too
         if self._closed:
             self._warn_once("*", "closed", "step() after close() measures and logs nothing; build a new "
                             "Tracker (start_step= continues the step axis)")  # fmt: skip
         elif self._capturer.armed:
-            self._finish_sample(loss)
+            self._finish_sample(loss, labels)
         self._step += 1
         if self._is_sampled(self._step) and not self._closed:
             self._capturer.arm()
@@ -311,23 +339,30 @@ class Tracker:
     def _is_sampled(self, step: int) -> bool:
         return step % self._options.every == 0
 
-    def _finish_sample(self, loss: float | torch.Tensor | None) -> None:
+    def _finish_sample(self, loss: float | torch.Tensor | None, labels: Any = None) -> None:
         """Measure the captures and weights of the sampled step, log the rows, disarm."""
         step, now = self._step, time.time()
         try:
             with_weights = self._options.weights_at(step)
             if with_weights:  # a replaced module or a complex weight: say why no weight row
                 warn_unmeasured(self._layers, self._warn_once)
+            extra = geometry.enqueue(
+                self._layers, geometry.host_labels(labels, self._warn_once), self._capturer.example_indices,
+                self._options.condensation and with_weights, step, self._warn_once,
+            )  # fmt: skip  # enqueued first: the spectra's synchronisation waits for it too
             jobs, keys = sample_jobs(self._layers, self._options, with_weights, self._warn_once)
             results = measure_jobs(jobs, keys, self._warn_once)
             loss = loss_value(loss, self._warn_once)  # read after the measurement's transfer: no extra GPU stall
+            classes, condensed = extra.finish(self._warn_once)
             rows = [
                 log_row(step, (name, space), jobs[i], results[i], self._options.metrics, self._warn_once)
-                | {"loss": loss, "wall_time": now}
+                | {"loss": loss, "wall_time": now} | _condensation_cells(condensed, name, space)
                 for name, space, i in keys
             ]  # fmt: skip
             self._writer.append(rows)
             self._sinks.write(step, rows)
+            if classes:
+                self._writer.append_classes([row | {"step": step, "wall_time": now} for row in classes])
             self._emit_events(self._detectors.feed(rows))
         except Exception as error:  # a monitor never stops training
             self._warn_once("*", "*", f"sample of step {step} failed: {error!r}")
@@ -361,6 +396,12 @@ class Tracker:
             "layers": [layer.info() for layer in self._layers],
             "ndtracker_version": __version__, "torch_version": torch.__version__,
         }  # fmt: skip
+
+
+def _condensation_cells(condensed: dict[str, tuple[float, float]], layer: str, space: str) -> dict[str, float]:
+    if space != "weight" or layer not in condensed:
+        return {}
+    return dict(zip(("condensation", "directions"), condensed[layer]))
 
 
 def _open_writer(log_dir: str | os.PathLike | None, run_info: dict[str, Any], writing: dict[str, Any]):
