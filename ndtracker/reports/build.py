@@ -31,6 +31,7 @@ from ndtracker.store.runs import ALL, Selection, select_runs
 from ndtracker.checks import choice, optional_positive_int
 from ndtracker.errors import NdtrackerError
 from ndtracker.reports import analysis
+from ndtracker.reports.classes import class_tables
 from ndtracker.reports.model import Report, Series
 from ndtracker.reports.terminal import progress_bar
 from ndtracker.reports.text import display_name
@@ -90,7 +91,8 @@ def report(
         bar.update(task, total=1, completed=1)
         series = _select(_split(table, metric, space), info, layers, metric, space)
         tables = analysis.analyse(series, bar, workers)
-    return _assemble(str(run_dir), selection, runs, metric, series, tables)
+        extra = class_tables(run_dir, selection.run_ids, info, list(dict.fromkeys(s.layer for s in series)))
+    return _assemble(str(run_dir), selection, runs, metric, series, tables, extra)
 
 
 def _selection(runs: list[dict], run_id: str | Sequence[str] | None, run_dir: str | Path) -> Selection:
@@ -259,7 +261,8 @@ def _match_layers(names: list[str], layers: Any, info: dict) -> set[str]:
 
 
 def _assemble(
-    run_dir: str, selection: Selection, runs: list[dict], metric: str, series: list[Series], tables: dict
+    run_dir: str, selection: Selection, runs: list[dict], metric: str, series: list[Series], tables: dict,
+    extra: dict,
 ) -> Report:
     ordered = sorted(runs, key=lambda run: str(run.get("started", "")))
     info = selection.runs[-1]
@@ -267,7 +270,7 @@ def _assemble(
     return Report(
         run_dir, info, tuple(str(r.get("run_id")) for r in ordered), metric,
         layers=tuple(dict.fromkeys(s.layer for s in series)), series=tuple(series),
-        notes=tuple(notes), **analysis.frames(tables, str(info["run_id"]), metric),
+        notes=tuple(notes), **analysis.frames(tables, str(info["run_id"]), metric), **extra,
     )  # fmt: skip
 
 

@@ -7,7 +7,7 @@ are imported only when a record is rendered, so the model never depends on a vie
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +117,15 @@ class Report(_Rendered):
             significance), ``before`` and ``after`` (levels either side).
         series: The series the tables were computed from, for plotting.
         notes: Warnings worth showing with the report (non-finite samples, other runs).
+        classes: The run's class geometry (the ``classes`` table: ``step``, ``layer``,
+            ``classes``, ``skipped_classes``, ``nc1``, ``radius``, ``dimension``,
+            ``center_alignment``, ``axes_alignment``, ``ncc_accuracy``, ``rows``, ``status``),
+            reported layers only, by depth then step; empty when no labels were passed.
+        condensation: ``step``, ``layer``, ``condensation``, ``directions`` of the weight rows
+            (``Tracker(..., condensation=True)``); empty otherwise.
+        class_phases: Phases of each layer's class statistics and condensation columns:
+            ``layer``, ``statistic``, ``start_step``, ``end_step``, ``kind``, ``samples``,
+            ``change``, ``relative_change`` (the same detector as ``phases``).
     """
 
     run_dir: str
@@ -129,6 +138,9 @@ class Report(_Rendered):
     jumps: pd.DataFrame
     series: tuple[Series, ...]
     notes: tuple[str, ...] = ()
+    classes: pd.DataFrame = field(default_factory=pd.DataFrame)
+    condensation: pd.DataFrame = field(default_factory=pd.DataFrame)
+    class_phases: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     @property
     def run_id(self) -> str:
