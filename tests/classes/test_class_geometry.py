@@ -149,3 +149,17 @@ def test_example_matrix_pools_tokens_and_positions():
     image = torch.randn(3, 4, 2, 2)
     assert torch.allclose(example_matrix(image, channels_first=True), image.mean((2, 3)))
     assert example_matrix(torch.randn(6), index=torch.tensor([1, 4])).shape == (2, 1)
+
+
+def test_power_iteration_axes_match_the_eigenvectors():
+    """The accelerator route (power iteration, all classes at once) against the host's eigh."""
+    from ndtracker.spectra.classes import _per_class, _principal_axes
+
+    h, y = clusters(4)
+    x = torch.tensor(h - h.mean(0))
+    segment = torch.tensor(y)
+    members = torch.nn.functional.one_hot(segment, 4).T.double()
+    residuals = x - (members @ x / members.sum(1, keepdim=True))[segment]
+    exact = _per_class(residuals, np.bincount(y), exact=True)[1]
+    iterated = _principal_axes(residuals, segment, members)
+    assert (exact * iterated).sum(1).abs().numpy() == pytest.approx(np.ones(4), abs=1e-8)
