@@ -1,12 +1,13 @@
 """Class manifolds of a digits classifier: they shrink and untangle, and the last layers collapse.
 
 An MLP (64 → 128 → 128 → 64 → 10, ReLU) learns scikit-learn's 8x8 digits (1 797 images, 10
-classes) with full-batch AdamW (1 400 training images a step, weight decay 0.5, which
-drives the features towards collapse) until its training loss is near
+classes) with full-batch Adam (1 400 training images a step) until its training loss is near
 zero. Every 50th step the Tracker measures, from the batch's labels, each layer's class geometry (``ndtracker.load(log_dir, table="classes")``): NC1
 (within- over between-class variability), class-manifold radius and dimension, centre and axes
 alignment, nearest-class-centre accuracy. As the network learns, the radius and dimension of the
-class manifolds fall and NC1 falls most in the last layers (neural collapse).
+class manifolds fall (more so the deeper the layer), nearest-centre accuracy rises, and the last
+layer's NC1 collapses by two orders of magnitude; in this short run the hidden layers' NC1 stays
+near 1 (neural collapse of hidden layers needs a long terminal phase of training).
 
 Run: ``python examples/digits_classes.py [log_dir]``; then ``ndtracker report <log_dir>`` and
 open the HTML page for the class-geometry section.
@@ -25,7 +26,7 @@ from torch import nn
 
 import ndtracker
 
-STEPS, EVERY, WEIGHT_DECAY = 2000, 50, 0.5
+STEPS, EVERY = 2000, 50
 
 
 def data() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -48,7 +49,7 @@ def network() -> nn.Sequential:
 def train(log_dir: Path) -> float:
     x, y, x_test, y_test = data()
     model = network()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=WEIGHT_DECAY)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     with ndtracker.Tracker(model, every=EVERY, log_dir=str(log_dir), detect=False) as tracker:
         for _ in range(STEPS):
             loss = nn.functional.cross_entropy(model(x), y)
@@ -72,8 +73,11 @@ def main(log_dir: Path) -> None:
         rows = table[table.step == step].set_index("layer")[columns]
         print(f"\nstep {step}")
         print(rows.to_string(float_format=lambda v: f"{v:8.3f}"))
-    last = table[table.step == steps[-1]]["nc1"].to_numpy()
-    print("\nNC1 falls with depth at the end:", bool(np.all(np.diff(last) < 0)))
+    for column in ("radius", "dimension", "nc1"):
+        first = table[table.step == steps[0]][column].to_numpy()
+        last = table[table.step == steps[-1]][column].to_numpy()
+        print(f"\n{column:9s} per layer, first sample: {np.array2string(first, precision=3)}; "
+              f"last: {np.array2string(last, precision=3)}")
 
 
 if __name__ == "__main__":
