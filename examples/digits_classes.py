@@ -2,7 +2,8 @@
 
 An MLP (64 → 128 → 128 → 64 → 10, ReLU) learns scikit-learn's 8x8 digits (1 797 images, 10
 classes) with full-batch Adam (1 400 training images a step) until its training loss is near
-zero. Every 50th step the Tracker measures, from the batch's labels, each layer's class geometry (``ndtracker.load(log_dir, table="classes")``): NC1
+zero. Every 50th step the Tracker measures, from the batch's labels, each layer's class
+geometry (``ndtracker.load(log_dir, table="classes")``): NC1
 (within- over between-class variability), class-manifold radius and dimension, centre and axes
 alignment, nearest-class-centre accuracy. As the network learns, the radius and dimension of the
 class manifolds fall (more so the deeper the layer), nearest-centre accuracy rises, and the last
