@@ -99,7 +99,10 @@ def _phases(values: np.ndarray) -> list[detect.Phase]:
         return []
     with warnings.catch_warnings():  # NaN samples (skipped classes, mismatches) are in the table
         warnings.filterwarnings("ignore", message=".*non-finite", category=RuntimeWarning)
-        return detect.label_phases(values)
+        try:
+            return detect.label_phases(values)
+        except ZeroDivisionError:  # the detector on an all-zero series (no condensed pair at all)
+            return []
 
 
 def _phase_row(layer: str, statistic: str, steps: np.ndarray, phase: detect.Phase) -> dict[str, Any]:

@@ -67,3 +67,9 @@ def test_depth_profile_picks_steps_where_every_layer_has_nc1():
     profile = depth_profile(frame, ["a", "b"], count=2)
     assert list(profile.index) == [0, 6] and list(profile.columns) == ["a", "b"]
     assert profile.loc[6].tolist() == pytest.approx([0.5, 0.25])
+
+
+def test_a_constant_zero_series_has_no_phases_and_does_not_stop_the_report():
+    frame = pd.DataFrame({"step": np.arange(0, 40, 2), "layer": ["a"] * 20, "condensation": np.zeros(20)})
+    phases = class_phases(frame, ["condensation"])  # the detector may raise on it: caught
+    assert list(phases.columns) == PHASE_COLUMNS and set(phases["kind"]) <= {"stabilization"}
