@@ -215,7 +215,8 @@ def _per_class(
     if not exact:
         return torch.stack(squares), None
     stacked = torch.stack(axes)
-    return torch.stack(squares), stacked / stacked.norm(dim=1, keepdim=True).clamp_min(torch.finfo(stacked.dtype).tiny)
+    norms = stacked.norm(dim=1, keepdim=True).clamp_min(torch.finfo(stacked.dtype).tiny)
+    return torch.stack(squares), stacked / norms
 
 
 def _principal_axes(residuals: torch.Tensor, segment: torch.Tensor, members: torch.Tensor) -> torch.Tensor:
@@ -293,7 +294,9 @@ def to_host(vectors: Sequence[torch.Tensor]) -> list[np.ndarray]:
     return host  # type: ignore[return-value]
 
 
-def class_geometry(features: torch.Tensor, labels: torch.Tensor | np.ndarray | Sequence[int]) -> ClassGeometry:
+def class_geometry(
+    features: torch.Tensor, labels: torch.Tensor | np.ndarray | Sequence[int]
+) -> ClassGeometry:
     """Class statistics of one matrix: a convenience over :func:`measure_classes`.
 
     Example:

@@ -68,9 +68,11 @@ class Pending:
         except Exception as error:  # a monitor never stops training
             warn("*", "classes", f"class geometry or condensation failed: {error!r}")
             return [], {}
-        rows = [_row(name, rows, finish(values, plan)) for (name, rows, plan, _), values in zip(self.classes, host)]
-        rows += [_row(name, rows, None) for name, rows in self.mismatched]
-        condensed = {name: (float(v[0]), float(v[1])) for (name, _), v in zip(self.condensed, host[len(self.classes):])}
+        measured = zip(self.classes, host[: len(self.classes)])
+        rows = [_row(name, count, finish(values, plan)) for (name, count, plan, _), values in measured]
+        rows += [_row(name, count, None) for name, count in self.mismatched]
+        weights = zip(self.condensed, host[len(self.classes) :])
+        condensed = {name: (float(values[0]), float(values[1])) for (name, _), values in weights}
         return rows, condensed
 
 
@@ -101,7 +103,10 @@ def enqueue(
     return pending
 
 
-def _enqueue_classes(pending, layers, labels, indices, step, warn) -> None:
+def _enqueue_classes(
+    pending: Pending, layers: list[TrackedLayer], labels: np.ndarray, indices: dict[int, torch.Tensor],
+    step: int, warn: Warn,
+) -> None:
     for layer in layers:
         if layer.examples is None:
             continue
@@ -117,7 +122,7 @@ def _enqueue_classes(pending, layers, labels, indices, step, warn) -> None:
             warn(layer.name, "classes", f"class geometry failed: {error!r}")
 
 
-def _enqueue_condensation(pending, layers, warn) -> None:
+def _enqueue_condensation(pending: Pending, layers: list[TrackedLayer], warn: Warn) -> None:
     done: dict[int, torch.Tensor] = {}
     for layer in layers:
         weight = layer.weight
