@@ -15,7 +15,7 @@ DTYPES = {
     "participation_ratio": "float64", "effective_rank": "float64", "energy90": "Int64",
     "rows": "int64", "cols": "int64", "estimator": "str", "loss": "float64", "wall_time": "float64",
     "status": "str", "rank": "Int64", "grad_norm": "float64", "probe_accuracy": "float64",
-    "source": "str",
+    "source": "str", "condensation": "float64", "directions": "float64",
 }  # fmt: skip
 
 

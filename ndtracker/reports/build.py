@@ -31,6 +31,7 @@ from ndtracker.store.runs import ALL, Selection, select_runs
 from ndtracker.checks import choice, optional_positive_int
 from ndtracker.errors import NdtrackerError
 from ndtracker.reports import analysis, science
+from ndtracker.reports.classes import class_tables
 from ndtracker.reports.model import Report, Series
 from ndtracker.reports.terminal import progress_bar
 from ndtracker.reports.text import display_name
@@ -91,6 +92,7 @@ def report(
         series = _select(_split(table, metric, space), info, layers, metric, space)
         tables = analysis.analyse(series, bar, workers)
         extras = science.science_frames(str(run_dir), info, selection.run_ids, metric, series)
+        extras |= class_tables(run_dir, selection.run_ids, info, list(dict.fromkeys(s.layer for s in series)))
     return _assemble(str(run_dir), selection, runs, metric, series, tables, extras)
 
 

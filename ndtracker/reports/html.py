@@ -18,6 +18,7 @@ from rich.progress import Progress
 
 from ndtracker.reports import figures, science_views
 from ndtracker.store.files import atomic_write
+from ndtracker.reports.class_figures import class_sections
 from ndtracker.reports.story import GLOSSARY, layer_label, story_lines
 from ndtracker.reports.text import comparison_lines, display_name, info_lines, number
 from ndtracker.vocabulary import SPACES
@@ -63,7 +64,9 @@ def write_page(title: str, sections: list[str], path: str | Path | None) -> str:
 def report_sections(rep: Report, bar: Progress) -> list[str]:
     """Return the HTML sections of a report: facts, overview plots, summary, layers, tables."""
     sections = [_info(rep), _story(rep), *_overview(rep), _summary(rep), *science_views.html_parts(rep, html_table)]
-    return sections + _layers(rep, bar) + _tables(rep)
+    extra = class_sections(rep.classes, rep.condensation, rep.class_phases, rep.layers,
+                           lambda frame: html_table(frame.head(MAX_TABLE_ROWS)), _step_range(rep.series))  # fmt: skip
+    return sections + _layers(rep, bar) + extra + _tables(rep)
 
 
 def comparison_sections(comparison: Comparison, bar: Progress) -> list[str]:

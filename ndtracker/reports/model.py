@@ -130,6 +130,15 @@ class Report(_Rendered):
             ``meaning``.
         similarity: The run's ``similarity`` table (CKA of layer pairs; empty unless the run
             used ``similarity=True``).
+        classes: The run's class geometry (the ``classes`` table: ``step``, ``layer``,
+            ``classes``, ``skipped_classes``, ``nc1``, ``radius``, ``dimension``,
+            ``center_alignment``, ``axes_alignment``, ``ncc_accuracy``, ``rows``, ``status``),
+            reported layers only, by depth then step; empty when no labels were passed.
+        condensation: ``step``, ``layer``, ``condensation``, ``directions`` of the weight rows
+            (``Tracker(..., condensation=True)``); empty otherwise.
+        class_phases: Phases of each layer's class statistics and condensation columns:
+            ``layer``, ``statistic``, ``start_step``, ``end_step``, ``kind``, ``samples``,
+            ``change``, ``relative_change`` (the same detector as ``phases``).
     """
 
     run_dir: str
@@ -146,6 +155,9 @@ class Report(_Rendered):
     correlations: pd.DataFrame = field(default_factory=pd.DataFrame)
     diagnostics: pd.DataFrame = field(default_factory=pd.DataFrame)
     similarity: pd.DataFrame = field(default_factory=pd.DataFrame)
+    classes: pd.DataFrame = field(default_factory=pd.DataFrame)
+    condensation: pd.DataFrame = field(default_factory=pd.DataFrame)
+    class_phases: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     @property
     def run_id(self) -> str:

@@ -303,9 +303,10 @@ def load(
         events: Load the events table (jumps and phases) instead of the metrics (the same as
             ``table="events"``).
         columns: Load only these columns, in this order (default: all, in schema order).
-        table: Which table: ``"metrics"`` (default), ``"events"`` or ``"similarity"`` (layer
+        table: Which table: ``"metrics"`` (default), ``"events"``, ``"similarity"`` (layer
             pairs' CKA, ``step, layer_a, layer_b, space, cka, rows, status``, written with
-            ``Tracker(..., similarity=True)``).
+            ``Tracker(..., similarity=True)``) or ``"classes"`` (class geometry, written when
+            labels are passed to ``Tracker.step``).
 
     Returns:
         One row per (step, layer, space) for metrics; ``energy90`` (and ``direction`` of events) are

@@ -1,7 +1,7 @@
 """The declared Parquet schemas of a run directory's tables, with their version and sort keys.
 
-Every part of ``metrics/`` and ``events/`` carries :data:`SCHEMA_VERSION` in its metadata (under
-:data:`VERSION_KEY`); readers refuse a newer version. Pure declarations: no file is touched here.
+Every part of ``metrics/``, ``events/``, ``similarity/`` and ``classes/`` carries :data:`SCHEMA_VERSION` in its
+metadata (under :data:`VERSION_KEY`); readers refuse a newer version. Pure declarations: no file is touched here.
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from __future__ import annotations
 import pyarrow as pa
 
 __all__ = [
-    "SCHEMA_VERSION", "VERSION_KEY", "METRICS_SCHEMA", "EVENTS_SCHEMA", "SIMILARITY_SCHEMA", "SCHEMAS",
-    "NULLABLE_INTS", "SORT_KEYS", "TABLE_SORT_KEYS", "ADDED_COLUMNS",
+    "SCHEMA_VERSION", "VERSION_KEY", "METRICS_SCHEMA", "EVENTS_SCHEMA", "SIMILARITY_SCHEMA",
+    "CLASSES_SCHEMA", "SCHEMAS", "NULLABLE_INTS", "SORT_KEYS", "TABLE_SORT_KEYS", "ADDED_COLUMNS",
 ]  # fmt: skip
 
 SCHEMA_VERSION: int = 1
@@ -29,7 +29,7 @@ METRICS_SCHEMA: pa.Schema = _schema("metrics", [
     ("rows", pa.int64()), ("cols", pa.int64()), ("estimator", pa.string()),
     ("loss", pa.float64()), ("wall_time", pa.float64()), ("status", pa.string()),
     ("rank", pa.int64()), ("grad_norm", pa.float64()), ("probe_accuracy", pa.float64()),
-    ("source", pa.string()),
+    ("source", pa.string()), ("condensation", pa.float64()), ("directions", pa.float64()),
 ])  # fmt: skip
 EVENTS_SCHEMA: pa.Schema = _schema("events", [
     ("run_id", pa.string()), ("step", pa.int64()), ("layer", pa.string()), ("space", pa.string()),
@@ -44,14 +44,33 @@ SIMILARITY_SCHEMA: pa.Schema = _schema("similarity", [
     ("wall_time", pa.float64()),
 ])  # fmt: skip
 
-SCHEMAS: dict[str, pa.Schema] = {"metrics": METRICS_SCHEMA, "events": EVENTS_SCHEMA, "similarity": SIMILARITY_SCHEMA}
-NULLABLE_INTS = {"energy90": "Int64", "direction": "Int8", "rank": "Int64"}  # pandas dtypes that keep nulls
+CLASSES_SCHEMA: pa.Schema = _schema("classes", [
+    ("run_id", pa.string()), ("step", pa.int64()), ("layer", pa.string()), ("space", pa.string()),
+    ("classes", pa.int64()), ("skipped_classes", pa.int64()),
+    ("nc1", pa.float64()), ("radius", pa.float64()), ("dimension", pa.float64()),
+    ("center_alignment", pa.float64()), ("axes_alignment", pa.float64()),
+    ("ncc_accuracy", pa.float64()), ("rows", pa.int64()), ("status", pa.string()),
+    ("wall_time", pa.float64()),
+])  # fmt: skip
+"""Class geometry of the activations: one row per (step, layer); ``space`` is ``activation``."""
+
+SCHEMAS: dict[str, pa.Schema] = {
+    "metrics": METRICS_SCHEMA, "events": EVENTS_SCHEMA, "similarity": SIMILARITY_SCHEMA,
+    "classes": CLASSES_SCHEMA,
+}  # fmt: skip
+NULLABLE_INTS = {  # pandas dtypes that keep nulls
+    "energy90": "Int64", "direction": "Int8", "rank": "Int64", "classes": "Int64", "skipped_classes": "Int64",
+}  # fmt: skip
 SORT_KEYS = ("run_id", "step", "layer", "space", "rank")  # rank: ranks="all" of a distributed job
 TABLE_SORT_KEYS: dict[str, tuple[str, ...]] = {
-    "metrics": SORT_KEYS, "events": (*SORT_KEYS[:4], "metric", "kind", "rank"), "similarity": ("run_id", "step", "layer_a", "layer_b", "space"),
+    "metrics": SORT_KEYS, "events": (*SORT_KEYS[:4], "metric", "kind", "rank"),
+    "similarity": ("run_id", "step", "layer_a", "layer_b", "space"), "classes": ("run_id", "step", "layer", "space"),
 }  # fmt: skip
 # Columns added after schema version 1 first shipped: parts written before them read them as null.
 # ``rank`` is the global rank of the process that wrote the row in a torch.distributed job (null
 # otherwise); ``grad_norm`` and ``probe_accuracy`` are opt-in measurements; ``source`` says where
-# activation rows came from (``train`` or ``probe``).
-ADDED_COLUMNS: frozenset[str] = frozenset({"rank", "grad_norm", "probe_accuracy", "source"})
+# activation rows came from (``train`` or ``probe``); ``condensation`` and ``directions`` are
+# written with ``Tracker(condensation=True)``.
+ADDED_COLUMNS: frozenset[str] = frozenset(
+    {"rank", "grad_norm", "probe_accuracy", "source", "condensation", "directions"}
+)

@@ -408,6 +408,15 @@ class RunWriter:
         self._check_open()
         self._run.add("similarity", rows)
 
+    def append_classes(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Buffer class-geometry rows (the ``classes`` table), like `append`.
+
+        Raises:
+            ValueError: The writer is closed.
+        """
+        self._check_open()
+        self._run.add("classes", rows)
+
     def flush(self) -> None:
         """Write the buffered rows now as new parts (a no-op once closed); never raises on I/O."""
         if not self._run.closed:

@@ -15,10 +15,11 @@ import torch
 from torch import nn
 
 from ndtracker import spectra
+from ndtracker.spectra.classes import example_matrix
 from ndtracker.tracking.distributed import local_tensor
 from ndtracker.tracking.layers import TrackedLayer, first_tensor
 from ndtracker.spectra import full_precision
-from ndtracker.spectra.similarity import example_matrix
+from ndtracker.spectra.similarity import DEFAULT_ROWS, example_matrix as first_examples
 from ndtracker.tracking.options import Options
 
 Warn = Callable[[str, str, str], None]
@@ -49,6 +50,9 @@ class Capturer:
         self._handles: list[Any] = []
         self._generators: dict[torch.device, torch.Generator] = {}
         self._hooked = "activation" in options.spaces
+        self.examples = False  # capture one row per example of >2-D outputs (labels expected)
+        self.example_indices: dict[int, torch.Tensor] = {}  # batch size -> kept examples (host)
+        self._host_generator = torch.Generator().manual_seed(options.seed)
         self.on_forward = opaque_to_compiler(self.capture_forward, options.hooks)
         if options.hooks == "permanent":
             self.install()
@@ -67,6 +71,7 @@ class Capturer:
     def disarm(self) -> None:
         """Stop capturing and drop every capture (removing the hooks with sampled hooks)."""
         self.armed = self.probing = False
+        self.example_indices.clear()
         for layer in self._layers:
             layer.clear()
         if self._options.hooks == "sampled":
@@ -110,12 +115,54 @@ class Capturer:
                 return
             tensor = local_tensor(tensor)  # a DTensor's shard, a pending collective's result
             with torch.no_grad(), full_precision([tensor.device.type]):
-                layer.capture = own_copy(self._matrix(layer, tensor), tensor)
-                if self._options.similarity or self._options.probes:
-                    layer.examples = own_copy(example_matrix(tensor, channels_first=layer.channels_first), tensor)
+                self._capture_tensor(layer, tensor)
             layer.captured_in_training = training
         except Exception as error:  # a monitor never stops training
             self._warn(layer.name, "activation", f"capture failed: {error!r}")
+
+    def _capture_tensor(self, layer: TrackedLayer, tensor: torch.Tensor) -> None:
+        """The activation capture and, for the class geometry, the example rows.
+
+        An output of at most two dims has one row per example: its capture is its example matrix,
+        and (once labels are expected) it is subsampled with the sample's shared example index,
+        so the labels can be subsampled identically. A sequence or convolution output is averaged
+        over its tokens or positions into example rows, only once labels are expected.
+        """
+        batch = tensor.shape[0] if tensor.dim() else 0
+        index = self._example_index(batch, tensor.device) if self.examples else None
+        if tensor.dim() <= 2:
+            source = tensor if index is None else tensor.index_select(0, index)
+            layer.capture = own_copy(self._matrix(layer, source), tensor)
+            whole = index is not None or self._options.max_rows is None or batch <= self._options.max_rows
+            layer.examples, layer.batch = (layer.capture, batch) if whole and batch else (None, 0)
+            if not self.examples and (self._options.similarity or self._options.probes):
+                self._first_examples(layer, tensor, batch)  # uncentred, at most DEFAULT_ROWS
+            return
+        layer.capture = own_copy(self._matrix(layer, tensor), tensor)
+        if self.examples:
+            layer.examples = example_matrix(tensor, channels_first=layer.channels_first, index=index)
+            layer.batch = batch
+        elif self._options.similarity or self._options.probes:
+            self._first_examples(layer, tensor, batch)
+
+    def _first_examples(self, layer: TrackedLayer, tensor: torch.Tensor, batch: int) -> None:
+        """Similarity's and the probes' rows before labels are expected: the first examples.
+
+        Once labels are expected, those features read the class geometry's rows (the shared
+        example index; the tracker subsamples the probes' labels the same way).
+        """
+        rows = first_examples(tensor, channels_first=layer.channels_first, rows=DEFAULT_ROWS)
+        layer.examples = own_copy(rows, tensor)
+        layer.batch = batch if rows.shape[0] == batch else 0
+
+    def _example_index(self, batch: int, device: torch.device) -> torch.Tensor | None:
+        """The examples kept from a batch of this size (shared by every layer), or None for all."""
+        cap = self._options.max_rows
+        if cap is None or batch <= cap:
+            return None
+        if batch not in self.example_indices:
+            self.example_indices[batch] = torch.randperm(batch, generator=self._host_generator)[:cap]
+        return self.example_indices[batch].to(device, non_blocking=True)
 
     def _matrix(self, layer: TrackedLayer, tensor: torch.Tensor) -> torch.Tensor:
         options = self._options

@@ -44,8 +44,11 @@ class TrackedLayer:
         capture: The activation matrix captured on the current sampled step, if any.
         captured_in_training: Whether ``capture`` comes from a training forward (an eval-mode
             capture, taken with ``track_eval``, gives way to a later training forward).
-        examples: With ``similarity`` or ``probes``, the same forward's first examples, one row
-            each (see :func:`ndtracker.spectra.similarity.example_matrix`).
+        examples: The same forward's output as one row per example, or None: for the class
+            geometry (with labels) the activations' rows (the shared example index), else, for
+            ``similarity`` or ``probes``, the first examples (see
+            :func:`ndtracker.spectra.similarity.example_matrix`); ``batch`` is its batch size
+            before any row subsample (0 when the rows are not the whole batch's).
     """
 
     name: str
@@ -54,8 +57,9 @@ class TrackedLayer:
     streams: dict[str, StreamingSpectrum] = field(default_factory=dict)
     capture: torch.Tensor | None = None
     captured_in_training: bool = False
-    examples: torch.Tensor | None = None
     root: Any = field(default=None, repr=False)  # weakref.ref to the model, to see a replacement
+    examples: torch.Tensor | None = None
+    batch: int = 0
 
     @property
     def weight(self) -> torch.Tensor | None:
@@ -81,7 +85,8 @@ class TrackedLayer:
 
     def clear(self) -> None:
         """Drop the capture of the current sample."""
-        self.capture, self.captured_in_training, self.examples = None, False, None
+        self.capture, self.captured_in_training = None, False
+        self.examples, self.batch = None, 0
 
     def info(self) -> dict[str, Any]:
         """Name, type and weight shape, for the run's metadata."""
@@ -259,6 +264,18 @@ def warn_unmeasured(layers: list[TrackedLayer], warn) -> None:
         why = layer.unmeasured_weight()
         if why:
             warn(layer.name, "weight", why)
+
+
+def layer_bias(module: nn.Module) -> torch.Tensor | None:
+    """The bias that goes with :func:`layer_weight` (one entry per output neuron), or None."""
+    if isinstance(module, nn.MultiheadAttention):
+        bias = module.in_proj_bias
+    elif isinstance(module, nn.RNNBase):
+        bias = getattr(module, f"bias_hh_l{module.num_layers - 1}", None)
+    else:
+        bias = getattr(module, "bias", None)
+    bias = _materialized(bias)
+    return bias if bias is not None and bias.dim() == 1 else None
 
 
 def layer_weight(module: nn.Module) -> torch.Tensor | None:

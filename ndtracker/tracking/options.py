@@ -42,6 +42,7 @@ class Options:
     gradients: bool = False
     similarity: bool = False
     probes: bool = False
+    condensation: bool = False
 
     def weights_at(self, step: int) -> bool:
         """Whether weights are measured at ``step`` (a sampled step)."""
@@ -64,7 +65,8 @@ def check_options(model: nn.Module, **given: Any) -> Options:
         model: The model as the user passed it (a compiled one picks permanent hooks).
         **given: ``every``, ``weight_every``, ``metrics``, ``spaces``, ``estimator``, ``conv``,
             ``hooks``, ``max_rows``, ``center``, ``track_eval``, ``output_key`` and ``seed``, as
-            passed to the Tracker, and optionally ``gradients``, ``similarity`` and ``probes``.
+            passed to the Tracker, and optionally ``gradients``, ``similarity``, ``probes`` and
+            ``condensation``.
 
     Returns:
         The checked :class:`Options`.
@@ -90,7 +92,8 @@ def check_options(model: nn.Module, **given: Any) -> Options:
         track_eval=boolean("track_eval", given["track_eval"]),
         output_key=given["output_key"],
         seed=int(given["seed"]),
-        **{name: boolean(name, given.get(name, False)) for name in ("gradients", "similarity", "probes")},
+        **{name: boolean(name, given.get(name, False))
+           for name in ("gradients", "similarity", "probes", "condensation")},  # fmt: skip
     )
     check_extras(options)
     return options

@@ -23,7 +23,7 @@ from torch import nn
 
 from ndtracker import store
 from ndtracker.checks import boolean, non_negative_int, optional_positive_int, positive_int, positive_seconds
-from ndtracker.tracking import distributed
+from ndtracker.tracking import distributed, geometry
 from ndtracker.tracking.capture import Capturer
 from ndtracker.tracking.extras import Extras
 from ndtracker.tracking.layers import DEFAULT_MAX_LAYERS, LayerSpec, recompile_with_hooks, select_layers, unwrapped
@@ -124,7 +124,23 @@ class Tracker:
                                         linear-probe accuracy (:mod:`ndtracker.spectra.probes`)
     ``source``               string     activation rows: ``train`` (the step's first training
                                         forward) or ``probe`` (the probe batch); null for weights
+    ``condensation``         float64    weight rows with ``condensation=True``: fraction of neuron
+                                        pairs whose input-weight vectors (bias included) have
+                                        |cos| >= 0.9; else null
+    ``directions``           float64    weight rows with ``condensation=True``: participation ratio
+                                        of the neurons' cosine matrix (distinct directions)
     =======================  =========  ===========================================================
+
+    Class geometry (``step(loss=..., labels=y)``): on sampled steps with labels, one row per layer
+    in the ``classes`` table (``ndtracker.load(log_dir, table="classes")``): ``classes`` and
+    ``skipped_classes`` (fewer than two rows), ``nc1``, ``radius``, ``dimension``,
+    ``center_alignment``, ``axes_alignment``, ``ncc_accuracy`` (defined in
+    :mod:`ndtracker.spectra.classes`), ``rows`` and ``status`` (``ok``, ``few_classes``,
+    ``nonfinite``, ``zero``, ``mismatch``). Rows are examples: a sequence output is averaged over
+    its tokens, a convolution output over its positions; above ``max_rows`` examples, the
+    activations and the labels keep the same examples. Sequence and convolution outputs are
+    pooled from the first sample after labels were first passed (the first labelled sample has
+    the layers whose outputs are ``(batch, features)``), so an unlabelled run pays nothing.
 
     With ``similarity=True`` a third table, read by ``ndtracker.load(DIR, table="similarity")``,
     holds the linear CKA of every pair of tracked layers per sample (``step``, ``layer_a``,
@@ -225,6 +241,9 @@ class Tracker:
             as if one process had seen the whole batch (``max_rows`` caps the global rows; a
             tensor-parallel layer is measured on all its features); ``"local"``: each rank
             measures its own rows. Weights are always measured whole (sharded ones included).
+        condensation: Also measure, on weight samples, how far each layer's neurons share
+            input-weight directions (the ``condensation`` and ``directions`` columns; one
+            ``out x out`` cosine matrix per layer, at most 4096 neurons). Default False.
 
     Raises:
         TypeError: If ``model`` is not an ``nn.Module``, ``on_event`` is not callable, an option
@@ -276,6 +295,7 @@ class Tracker:
         sinks: Sequence[Sink] | None = None,
         ranks: int | Literal["all"] = 0,
         activations: Literal["global", "local"] = "global",
+        condensation: bool = False,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -284,7 +304,7 @@ class Tracker:
             model, every=every, weight_every=weight_every, metrics=metrics, spaces=spaces,
             estimator=estimator, conv=conv, hooks=hooks, max_rows=max_rows, center=center,
             track_eval=track_eval, output_key=output_key, seed=seed, gradients=gradients,
-            similarity=similarity, probes=probes,
+            similarity=similarity, probes=probes, condensation=condensation,
         )  # fmt: skip
         self._parallel = distributed.setup(model, ranks, activations)
         self._step = non_negative_int("start_step", start_step)
@@ -311,6 +331,7 @@ class Tracker:
             raise
         recompile_with_hooks(model, _warn_at_user)
         self._sampler = Sampler(self._layers, self._options, self._capturer, runner, self._warn_once, self._parallel)
+        self._condensed: tuple[int, dict[str, tuple[float, float]]] | None = None  # step, cells
         self._next_sample = self._options.every.next_sampled(self._step)
         if self._step == self._next_sample:
             self._turn(None, self._step)  # the first step's weights (and probe): the initial ones
@@ -349,9 +370,14 @@ class Tracker:
         Args:
             loss: The step's loss (float, 0-d tensor or None). A tensor is read only on sampled
                 steps.
-            labels: With ``probes=True``, the class labels (integers) of the batch whose forward
-                was captured (the first micro-batch), read only on sampled steps.
+            labels: The class labels of the step's training batch (integer class indices, one
+                per example: a 1-D tensor, array or list; the first micro-batch's, whose forward
+                was captured), or None. Read only on sampled steps (labels on a GPU cost one more
+                synchronisation there). They give the ``classes`` table (see the class geometry in
+                the class docstring) and, with ``probes=True``, the linear probes.
         """
+        if labels is not None:
+            self._capturer.examples = True  # from now on, sequence and conv outputs too
         if self._closed:
             self._warn_once("*", "closed", "step() after close() measures and logs nothing; build a new "
                             "Tracker (start_step= continues the step axis)")  # fmt: skip
@@ -413,17 +439,27 @@ class Tracker:
         """Log the sampled step that ended and measure the start of the sampled step that begins."""
         now = time.time()
         try:
-            extra, similarity = ({}, [])
+            extra, similarity, classes = ({}, [], [])
             if ended is not None:  # before the sampler drops the step's captures and examples
                 try:
-                    extra, similarity = self._extras.finish(ended, labels, now)
+                    classes = self._class_rows(ended, labels, now)
+                    extra, similarity = self._extras.finish(ended, self._kept_labels(labels), now)
                 finally:
                     self._extras.disarm()
             rows = self._sampler.turn(ended, starting)
+            condensed = self._take_condensed(ended)
+            if starting is not None and self._options.condensation and self._options.weights_at(starting):
+                self._condensed = (starting, self._geometry(starting, None, True)[1])  # the weights its forward uses
+            if classes:
+                self._writer.append_classes(classes)
             if not rows:
                 return
             loss = loss_value(loss, self._warn_once)  # read after the measurement's transfer: no extra GPU stall
-            rows = [row | {"loss": loss, "wall_time": now} | extra.get((row["layer"], row["space"]), {}) for row in rows]
+            rows = [
+                row | {"loss": loss, "wall_time": now} | extra.get((row["layer"], row["space"]), {})
+                | _condensation_cells(condensed, row["layer"], row["space"])
+                for row in rows
+            ]  # fmt: skip
             self._writer.append(rows)
             if similarity:
                 self._writer.append_similarity(similarity)
@@ -434,6 +470,36 @@ class Tracker:
         finally:
             if starting is not None:
                 self._extras.arm(starting)  # gradient hooks for the step that begins
+
+    def _geometry(self, step: int, labels: Any, condense: bool) -> tuple[list[dict], dict[str, tuple[float, float]]]:
+        """The class-geometry rows (with ``labels``) and/or condensation cells of ``step``, now."""
+        pending = geometry.enqueue(
+            self._layers, geometry.host_labels(labels, self._warn_once), self._capturer.example_indices,
+            condense, step, self._warn_once,
+        )  # fmt: skip
+        return pending.finish(self._warn_once)
+
+    def _class_rows(self, step: int, labels: Any, now: float) -> list[dict]:
+        """The ``classes`` rows of the sampled step that ended (its training forward's examples)."""
+        if labels is None:
+            return []
+        classes, _ = self._geometry(step, labels, False)
+        return [row | {"step": step, "wall_time": now} for row in classes]
+
+    def _kept_labels(self, labels: Any) -> Any:
+        """The labels of the examples the layers kept (the class geometry's subsample, if any)."""
+        if labels is None or not self._capturer.example_indices:
+            return labels
+        tensor = torch.as_tensor(labels)
+        index = self._capturer.example_indices.get(tensor.shape[0]) if tensor.dim() else None
+        return tensor if index is None else tensor[index.to(tensor.device)]
+
+    def _take_condensed(self, step: int | None) -> dict[str, tuple[float, float]]:
+        """The condensation cells measured when ``step`` began (with its weight rows), if any."""
+        if step is None or self._condensed is None or self._condensed[0] != step:
+            return {}
+        condensed, self._condensed = self._condensed[1], None
+        return condensed
 
     def _check_probe(self, probe: Any) -> ProbeRunner | None:
         """The probe's runner, after one run that checks the model takes it (None without a probe)."""
@@ -492,6 +558,12 @@ def _check_on_event(on_event: Any) -> Callable[[OnlineEvent], Any] | None:
     if on_event is not None and not callable(on_event):
         raise TypeError(f"on_event must be a callable taking an OnlineEvent, or None, got {on_event!r}")
     return on_event
+
+
+def _condensation_cells(condensed: dict[str, tuple[float, float]], layer: str, space: str) -> dict[str, float]:
+    if space != "weight" or layer not in condensed:
+        return {}
+    return dict(zip(("condensation", "directions"), condensed[layer]))
 
 
 def _open_writer(
