@@ -9,9 +9,15 @@ the phase, or at its own last sample where a jump follows it or the series ends 
 - ``collapse`` (``expansion``): the level falls (rises) from ``start_level`` to ``end_level`` by at
   least ``min_change`` (5 %) of ``|start_level|``, and by at least ``trend_threshold`` (4) noise sd
   of that difference; no jump of the opposite sign lies inside it (``start < index < stop``).
-- ``stabilization``: every other stretch; its net change from ``start_level`` to ``end_level`` is
-  below ``min_change`` of the level or within the noise. No jump lies inside a stabilization:
-  a jump between two flat stretches is the boundary of two stabilizations.
+- ``stabilization``: every other stretch. Its net change from ``start_level`` to ``end_level`` is
+  below ``min_change`` of ``|start_level|``, or, where the level is too noisy to measure a move of
+  ``min_change`` (its two end levels have a noise sd of the difference above ``min_change / z`` of
+  the level), below ``trend_threshold`` noise sd of that difference: a change the noise
+  explains is not a trend. The second case arises at the end of a series and next to a jump,
+  where the level is a mean over few samples, and on noisy curves (activations on each step's own
+  batch); a report shows each stabilization's change so a reader can see which case it is. No
+  jump lies inside a stabilization: a jump between two flat stretches is the boundary of two
+  stabilizations.
 
 A jump lies inside a trend only where the trend *carries* it: the level moves the trend's way on
 the jump's sides too (by ``min_change`` of the level, a quarter of ``trend_threshold`` noise sd),
