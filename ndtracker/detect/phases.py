@@ -15,8 +15,7 @@ the phase, or at its own last sample where a jump follows it or the series ends 
   the level), below ``trend_threshold`` noise sd of that difference: a change the noise
   explains is not a trend. The second case arises at the end of a series and next to a jump,
   where the level is a mean over few samples, and on noisy curves (activations on each step's own
-  batch); a report shows each stabilization's change so a reader can see which case it is. No
-  jump lies inside a stabilization: a jump between two flat stretches is the boundary of two
+  batch). No jump lies inside a stabilization: a jump between two flat stretches is the boundary of two
   stabilizations.
 
 A jump lies inside a trend only where the trend *carries* it: the level moves the trend's way on

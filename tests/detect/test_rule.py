@@ -161,3 +161,40 @@ def test_constant_and_noiseless_series_never_raise(values):
     phases, jumps = phases_and_jumps(values)
     assert phases and sum(p.stop - p.start for p in phases) == values.size
     assert all(np.isfinite(j.size) for j in jumps)
+
+
+def trajectory(variant: str, n: int, seed: int) -> np.ndarray:
+    """The benchmark's piecewise trajectories (``benchmarks/detector.py``), Gaussian noise sd 1."""
+    knots, levels = {
+        "seed": ([0, 0.1, 0.5, 1], [100, 30, 45, 45]),
+        "late-collapse": ([0, 0.1, 0.5, 0.75, 0.85, 1], [100, 30, 45, 45, 25, 25]),
+        "expand-first": ([0, 0.3, 0.7, 0.9, 1], [20, 60, 60, 35, 35]),
+    }[variant]
+    return noisy(np.interp(np.arange(n), np.array(knots) * (n - 1), levels), 1.0, seed)
+
+
+@pytest.mark.parametrize("variant", ["seed", "late-collapse", "expand-first"])
+@pytest.mark.parametrize("n", [200, 1000, 5000])
+def test_every_stabilization_obeys_the_bound(variant: str, n: int) -> None:
+    """A stabilization's net change is below 5 % of its start level, or below 4 noise sd of the
+    difference of its two levels where that noise exceeds 5 / 4 % of the level (too noisy to
+    measure a 5 % move: at the end of the series or next to a jump, where the level's window is
+    short); on these trajectories (noise 1 on levels 20-100) most satisfy the first."""
+    from ndtracker.detect.level import _level_of_finite
+
+    within = noisy_ones = 0
+    for seed in range(3):
+        x = trajectory(variant, n, seed)
+        phases, jumps = phases_and_jumps(x)
+        sd, cuts = _level_of_finite(x, [j.index for j in jumps]).sd, {j.index for j in jumps}
+        for p in (p for p in phases if p.kind == "stabilization"):
+            end = p.stop - 1 if p.stop == x.size or p.stop in cuts else p.stop
+            if abs(p.relative_change) < 0.05:
+                within += 1
+                continue
+            noise = float(np.hypot(sd[p.start], sd[end]))
+            assert noise > 0.05 / 4 * abs(p.start_level) and abs(p.change) < 4 * noise, (p, noise)
+            # where the level is a mean over few samples: at the end of the series or a jump
+            assert p.stop == x.size or p.stop in cuts or p.start in cuts, p
+            noisy_ones += 1
+    assert within > noisy_ones
