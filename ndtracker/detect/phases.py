@@ -3,8 +3,10 @@
 A **phase** is a stretch of the series' smoothed level (:func:`~ndtracker.detect.smooth_level`,
 smoothed separately between jumps) with one direction. The rule every phase satisfies, with
 ``L`` the level, ``start_level = L[start]`` and ``end_level`` the level at the first sample after
-the phase, or at its own last sample where a jump follows it or the series ends (the level
-*before* the jump: a phase that ends at a jump does not take the jump's change):
+the phase; or, where a jump follows it or the series ends, the level *before* the jump (a phase
+that ends at a jump does not take the jump's change) at its last sample with a whole window,
+``HALF_WIDTH`` (4) samples before its end, where the level is a mean over 9 samples rather than
+one noisy sample (at its last sample if the phase is no longer than 9 samples):
 
 - ``collapse`` (``expansion``): the level falls (rises) from ``start_level`` to ``end_level`` by at
   least ``min_change`` (5 %) of ``|start_level|``, and by at least ``trend_threshold`` (4) noise sd
@@ -76,9 +78,10 @@ class Phase:
             ``-min_change`` for a collapse, at least ``min_change`` for an expansion).
         slope: ``change`` per finite sample of the phase.
         start_level: Smoothed level at ``start``.
-        end_level: Smoothed level at ``stop`` (the first sample of the next phase), or at the
-            phase's last sample (``stop - 1``) where a jump starts the next phase or the series
-            ends: the level before the jump, smoothed on the phase's side of it.
+        end_level: Smoothed level at ``stop`` (the first sample of the next phase); or, where a
+            jump starts the next phase or the series ends, the level before the jump (smoothed on
+            the phase's side of it) at ``stop - 5``, 4 samples in, where the level has a whole
+            window (at ``stop - 1`` for a phase of 9 samples or fewer).
         start_step: Training step of ``start`` where ``steps`` were given, else None.
         end_step: Training step of the phase's last sample (``stop - 1``) where ``steps`` were
             given, else None.
@@ -130,13 +133,18 @@ class _Rule:
     z: float
     cuts: frozenset[int] = frozenset()
 
-    def end(self, hi: int) -> int:
-        """Index of the end level of the stretch ``[lo, hi)``: ``hi``, or ``hi - 1`` at a jump or the end."""
-        return hi - 1 if hi >= self.level.level.size or hi in self.cuts else hi
+    def end(self, lo: int, hi: int) -> int:
+        """Index of the end level of the stretch ``[lo, hi)``: ``hi``; or, where a jump or the end
+        of the series follows it, its last sample with a whole window (``hi - 1 - HALF_WIDTH``,
+        where the level is not the level of one sample) if it is longer than a window, else
+        ``hi - 1``."""
+        if hi < self.level.level.size and hi not in self.cuts:
+            return hi
+        return hi - 1 - HALF_WIDTH if hi - lo > 2 * HALF_WIDTH + 1 else hi - 1
 
     def kind(self, lo: int, hi: int) -> PhaseKind:
         """The kind of the stretch of finite samples ``[lo, hi)`` by its net change."""
-        end = self.end(hi)
+        end = self.end(lo, hi)
         a, b = self.level.level[lo], self.level.level[end]
         noise = math.hypot(self.level.sd[lo], self.level.sd[end])
         if abs(b - a) < max(self.min_change * abs(a), self.z * noise) or b == a:
@@ -240,7 +248,7 @@ def _slow_stretches(rule: _Rule, labelled: list[tuple[int, int, PhaseKind]]) -> 
         if kind != "stabilization" or before != after or lo in rule.cuts or hi in rule.cuts:
             continue
         sign = 1 if before == "expansion" else -1
-        a, b = rule.level.level[lo], rule.level.level[rule.end(hi)]
+        a, b = rule.level.level[lo], rule.level.level[rule.end(lo, hi)]
         if sign * (b - a) >= 0.5 * rule.min_change * abs(a):
             out[k] = (lo, hi, before)
     return out
@@ -258,17 +266,14 @@ def _inner(rule: _Rule, lo: int, hi: int) -> tuple[int, int]:
     """The first and last sample of ``[lo, hi)`` to measure its move on: ``HALF_WIDTH`` samples
     in from a jump or an end of the series, where the level has a full window (at the jump it is
     the level of one sample, too noisy to carry a jump on), if the stretch is long enough."""
-    first, last = lo, rule.end(hi)
-    if hi - lo > 2 * HALF_WIDTH + 1:
-        first = lo + HALF_WIDTH if lo == 0 or lo in rule.cuts else lo
-        last = last - HALF_WIDTH if last == hi - 1 else last
-    return first, last
+    first = lo + HALF_WIDTH if hi - lo > 2 * HALF_WIDTH + 1 and (lo == 0 or lo in rule.cuts) else lo
+    return first, rule.end(lo, hi)
 
 
 def _to_phase(rule: _Rule, lo: int, hi: int, kind: PhaseKind, where: _Where) -> Phase:
     """The public record of the finite samples ``[lo, hi)``."""
     level = rule.level.level
-    a, b = float(level[lo]), float(level[rule.end(hi)])
+    a, b = float(level[lo]), float(level[rule.end(lo, hi)])
     change = b - a
     relative = change / abs(a) if a else (math.copysign(math.inf, change) if change else 0.0)
     start, stop = where.start(lo), where.stop(hi)

@@ -19,6 +19,14 @@ MIN_CHANGE = 0.05  # label_phases' default
 Z = 4.0  # label_phases' trend_threshold
 
 
+def end_index(start: int, stop: int, n: int, cuts: set[int]) -> int:
+    """Where a phase's end level is measured: at ``stop``; before a jump or the series' end, at its
+    last sample with a whole window (4 samples in) if it is longer than a window (9), else at ``stop - 1``."""
+    if stop < n and stop not in cuts:
+        return stop
+    return stop - 5 if stop - start > 9 else stop - 1
+
+
 def corpus(run: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """The steps and the series (``layer|space|metric`` -> values) of one stored run."""
     with np.load(CORPUS / f"{run}.npz") as data:
@@ -44,7 +52,7 @@ def check_rule(phases: list[Phase], jumps: list, level: np.ndarray, noise: np.nd
     assert phases[0].start == 0 and phases[-1].stop == n
     for phase in phases:
         assert phase.start_level == pytest.approx(level[phase.start])
-        end = phase.stop - 1 if phase.stop == n or phase.stop in cuts else phase.stop  # the level before a jump
+        end = end_index(phase.start, phase.stop, n, cuts)  # before a jump: the level before it
         assert phase.end_level == pytest.approx(level[end])
         relative = phase.relative_change
         if phase.kind == "collapse":
