@@ -2,11 +2,13 @@
 
 A **phase** is a stretch of the series' smoothed level (:func:`~ndtracker.detect.smooth_level`,
 smoothed separately between jumps) with one direction. The rule every phase satisfies, with
-``L`` the level, ``start_level = L[start]`` and ``end_level`` the level at the first sample after
-the phase; or, where a jump follows it or the series ends, the level *before* the jump (a phase
-that ends at a jump does not take the jump's change) at its last sample with a whole window,
-``HALF_WIDTH`` (4) samples before its end, where the level is a mean over 9 samples rather than
-one noisy sample (at its last sample if the phase is no longer than 9 samples):
+``L`` the level, ``start_level = L[start]`` (after a jump: ``L[start + 4]``) and ``end_level`` the
+level at the first sample after the phase; or, where a jump follows it or the series ends, the
+level *before* the jump (a phase that ends at a jump does not take the jump's change) at its last
+sample with a whole window, ``L[stop - 5]``. Beside a jump and at the end of the series the
+level's window shrinks to one sample; 4 samples in (``HALF_WIDTH``) it is a mean over 9 again, so
+the levels a phase is measured between are not one noisy sample each (a phase of 9 samples or
+fewer is measured at ``start`` and ``stop - 1``):
 
 - ``collapse`` (``expansion``): the level falls (rises) from ``start_level`` to ``end_level`` by at
   least ``min_change`` (5 %) of ``|start_level|``, and by at least ``trend_threshold`` (4) noise sd
@@ -77,7 +79,9 @@ class Phase:
         relative_change: ``change / |start_level|``: what the label is about (at most
             ``-min_change`` for a collapse, at least ``min_change`` for an expansion).
         slope: ``change`` per finite sample of the phase.
-        start_level: Smoothed level at ``start``.
+        start_level: Smoothed level at ``start``; where a jump starts the phase, 4 samples in
+            (``start + 4``), where the level has a whole window (at ``start`` for a phase of 9
+            samples or fewer).
         end_level: Smoothed level at ``stop`` (the first sample of the next phase); or, where a
             jump starts the next phase or the series ends, the level before the jump (smoothed on
             the phase's side of it) at ``stop - 5``, 4 samples in, where the level has a whole
@@ -142,11 +146,16 @@ class _Rule:
             return hi
         return hi - 1 - HALF_WIDTH if hi - lo > 2 * HALF_WIDTH + 1 else hi - 1
 
+    def start(self, lo: int, hi: int) -> int:
+        """Index of the start level of ``[lo, hi)``: ``lo``; after a jump, ``lo + HALF_WIDTH``
+        where the level has a whole window, if the stretch is longer than a window."""
+        return lo + HALF_WIDTH if lo in self.cuts and hi - lo > 2 * HALF_WIDTH + 1 else lo
+
     def kind(self, lo: int, hi: int) -> PhaseKind:
         """The kind of the stretch of finite samples ``[lo, hi)`` by its net change."""
-        end = self.end(lo, hi)
-        a, b = self.level.level[lo], self.level.level[end]
-        noise = math.hypot(self.level.sd[lo], self.level.sd[end])
+        first, end = self.start(lo, hi), self.end(lo, hi)
+        a, b = self.level.level[first], self.level.level[end]
+        noise = math.hypot(self.level.sd[first], self.level.sd[end])
         if abs(b - a) < max(self.min_change * abs(a), self.z * noise) or b == a:
             return "stabilization"
         return "expansion" if b > a else "collapse"
@@ -248,7 +257,7 @@ def _slow_stretches(rule: _Rule, labelled: list[tuple[int, int, PhaseKind]]) -> 
         if kind != "stabilization" or before != after or lo in rule.cuts or hi in rule.cuts:
             continue
         sign = 1 if before == "expansion" else -1
-        a, b = rule.level.level[lo], rule.level.level[rule.end(lo, hi)]
+        a, b = rule.level.level[rule.start(lo, hi)], rule.level.level[rule.end(lo, hi)]
         if sign * (b - a) >= 0.5 * rule.min_change * abs(a):
             out[k] = (lo, hi, before)
     return out
@@ -273,7 +282,7 @@ def _inner(rule: _Rule, lo: int, hi: int) -> tuple[int, int]:
 def _to_phase(rule: _Rule, lo: int, hi: int, kind: PhaseKind, where: _Where) -> Phase:
     """The public record of the finite samples ``[lo, hi)``."""
     level = rule.level.level
-    a, b = float(level[lo]), float(level[rule.end(lo, hi)])
+    a, b = float(level[rule.start(lo, hi)]), float(level[rule.end(lo, hi)])
     change = b - a
     relative = change / abs(a) if a else (math.copysign(math.inf, change) if change else 0.0)
     start, stop = where.start(lo), where.stop(hi)
