@@ -40,26 +40,44 @@ class _Scan:
 
     def first_turn(self, start: int, stop: int, directions: tuple[int, ...]) -> tuple[int, tuple[int, int] | None]:
         """The earliest turn over ``directions`` (see :meth:`turn`): ``(its direction, turn)``,
-        scanning chunks that double in size."""
-        size = _CHUNK
+        scanning chunks that double in size, each carrying the running extremum of the ones before."""
+        size, lo = _CHUNK, start
+        carried: dict[int, tuple[float, int] | None] = {d: None for d in directions}
         while True:
             end = min(stop, start + size)
-            found = [(d, t) for d in directions if (t := self._turn_in(start, end, d)) is not None]
+            found = []
+            for d in directions:
+                turn, carried[d] = self._turn_in(lo, end, d, carried[d])
+                if turn is not None:
+                    found.append((d, turn))
             if found or end == stop:
                 return min(found, key=lambda item: item[1][1]) if found else (0, None)
-            size *= 2
+            lo, size = end, size * 2
 
-    def _turn_in(self, start: int, end: int, direction: int) -> tuple[int, int] | None:
-        v = direction * self.level[start:end]
-        top = np.maximum.accumulate(v)
+    def _turn_in(
+        self, lo: int, end: int, direction: int, carried: tuple[float, int] | None
+    ) -> tuple[tuple[int, int] | None, tuple[float, int]]:
+        """The first turn in ``[lo, end)`` given the running extremum ``carried`` (its value, times
+        ``direction``, and index) of the samples scanned before ``lo`` (None: ``lo`` starts the
+        scan); returns the turn or None, and the running extremum at ``end - 1``."""
+        v = direction * self.level[lo:end]
         new = np.ones(v.size, bool)
-        new[1:] = v[1:] > top[:-1]
-        where = np.maximum.accumulate(np.where(new, np.arange(v.size), 0)) + start
+        if carried is None:
+            top = np.maximum.accumulate(v)
+            new[1:] = v[1:] > top[:-1]
+            before = lo
+        else:
+            top = np.maximum.accumulate(np.maximum(v, carried[0]))
+            new[0] = v[0] > carried[0]
+            new[1:] = v[1:] > top[:-1]
+            before = carried[1]
+        where = np.maximum.accumulate(np.where(new, np.arange(lo, end), before))
         threshold = np.maximum(
-            _SWING * self.min_change * np.abs(self.level[where]), self.z * np.hypot(self.sd[where], self.sd[start:end])
+            _SWING * self.min_change * np.abs(self.level[where]), self.z * np.hypot(self.sd[where], self.sd[lo:end])
         )
         hits = np.flatnonzero((top - v >= threshold) & ~new)
-        return None if hits.size == 0 else (int(where[hits[0]]), int(hits[0]) + start)
+        state = (float(top[-1]), int(where[-1]))
+        return (None if hits.size == 0 else (int(where[hits[0]]), int(hits[0]) + lo)), state
 
     def swings(self, lo: int, hi: int) -> list[tuple[int, int, int]]:
         """The zig-zag of ``level[lo:hi]``: swings ``(first extreme, last extreme, direction)``."""
