@@ -62,13 +62,14 @@ def _shrinking_windows(n: int, half: int) -> tuple[np.ndarray, np.ndarray]:
     return i - reach, i + reach + 1
 
 
-def _running_median(y: np.ndarray, half: int) -> np.ndarray:
-    """Median over symmetric windows of ``2 * half + 1`` samples, shrinking at the ends."""
+def _running_median(y: np.ndarray, half: int, padded: np.ndarray | None = None) -> np.ndarray:
+    """Median over symmetric windows of ``2 * half + 1`` samples, shrinking at the ends
+    (``padded``: the padded running median of ``_robust`` for ``y`` and ``half``, if known)."""
     n = y.size
     if n <= 2 * half:
         starts, stops = _shrinking_windows(n, half)
         return np.array([np.median(y[a:b]) for a, b in zip(starts, stops)])
-    out = _padded_running_median(y, half)  # exact away from the ends
+    out = _padded_running_median(y, half) if padded is None else padded.copy()  # exact away from the ends
     for i in range(half):
         out[i] = np.median(y[: 2 * i + 1])
         out[n - 1 - i] = np.median(y[n - 1 - 2 * i :])
@@ -172,22 +173,31 @@ def _piece_level(y: np.ndarray, half: int) -> np.ndarray:
     return _running_mean(_running_median(y, half), half) if y.size else y
 
 
-def _clip_outliers(y: np.ndarray) -> np.ndarray:
+def _clip_outliers(y: np.ndarray, padded: np.ndarray | None = None) -> np.ndarray:
     """Clip each sample to the median of the ``2 * _CLIP_HALF + 1`` around it (shrinking at the
     ends, so the first samples are never clipped towards later ones) +- 3 local robust sd."""
     if y.size < 2 * _CLIP_HALF + 1:
         return y.copy()
-    median = _running_median(y, _CLIP_HALF)
+    median = _running_median(y, _CLIP_HALF, padded)
     scale = _local_scale(y - median, _NOISE_BLOCKS)
     return np.clip(y, median - _CLIP * scale, median + _CLIP * scale)
 
 
-def _level_of_finite(y: np.ndarray, cuts: list[int], half: int = HALF_WIDTH) -> _Level:
+def _shared_median(y: np.ndarray, half: int) -> np.ndarray | None:
+    """The running median that both outlier clippings (the jumps' and the level's) start from,
+    computed once: :func:`ndtracker.detect._robust._running_median` of ``y`` over ``2 * half + 1``
+    samples, where ``half`` is the level's clipping half-width and ``y`` is long enough; else None."""
+    return _padded_running_median(y, half) if half == _CLIP_HALF and y.size > 2 * half else None
+
+
+def _level_of_finite(
+    y: np.ndarray, cuts: list[int], half: int = HALF_WIDTH, padded: np.ndarray | None = None
+) -> _Level:
     """Level and its noise sd of finite values ``y``: outliers clipped, then smoothed separately
-    between ``cuts``."""
+    between ``cuts`` (``padded``: :func:`_shared_median` of ``y``, if known)."""
     if y.size == 0:
         return _Level(np.zeros(0), np.zeros(0))
-    clipped = _clip_outliers(y)
+    clipped = _clip_outliers(y, padded)
     edges = [0, *sorted(c for c in set(cuts) if 0 < c < clipped.size), clipped.size]
     level = np.concatenate([_piece_level(clipped[a:b], half) for a, b in zip(edges, edges[1:])])
     sizes = np.concatenate([_window_sizes(b - a, half) for a, b in zip(edges, edges[1:])])
@@ -230,8 +240,9 @@ def smooth_level(values: ArrayLike, steps: ArrayLike | None = None, *, half_widt
     y, positions, n = _prepare(values, "smooth_level")
     _check_steps(steps, n, "smooth_level")
     options = _JumpOptions()
-    clipped = _clipped(y, options.half_blocks, options.min_window)
+    padded = _shared_median(y, options.min_window)
+    clipped = _clipped(y, options.half_blocks, options.min_window, padded)
     cuts = [c.t for c in _jump_candidates(clipped, options)]
     out = np.full(n, np.nan)
-    out[positions] = _level_of_finite(y, cuts, half_width).level
+    out[positions] = _level_of_finite(y, cuts, half_width, padded).level
     return out

@@ -55,7 +55,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from ndtracker.detect.jumps import _Candidate, _jump_candidates, _JumpOptions
-from ndtracker.detect.level import HALF_WIDTH, _Level, _level_of_finite
+from ndtracker.detect.level import HALF_WIDTH, _Level, _level_of_finite, _shared_median
 from ndtracker.detect._robust import _check, _check_steps, _clipped, _prepare
 from ndtracker.detect._zigzag import _Scan, close_gaps, trim
 
@@ -311,10 +311,11 @@ class _Where:
 
 
 def _phases_of_finite(
-    y: np.ndarray, jumps: list[_Candidate], where: _Where, opts: _PhaseOptions
+    y: np.ndarray, jumps: list[_Candidate], where: _Where, opts: _PhaseOptions, padded: np.ndarray | None = None
 ) -> list[Phase]:
-    """The phases of the finite values ``y``, given their jumps."""
-    level = _level_of_finite(y, [c.t for c in jumps], HALF_WIDTH)
+    """The phases of the finite values ``y``, given their jumps (``padded``: the shared running
+    median of ``y``, :func:`~ndtracker.detect.level._shared_median`, if known)."""
+    level = _level_of_finite(y, [c.t for c in jumps], HALF_WIDTH, padded)
     time = where.positions.astype(float) if where.steps is None else where.steps[where.positions]
     rule = _Rule(level, time, opts.min_change, opts.trend_threshold, frozenset(c.t for c in jumps))
     labelled = _merge(rule, _split(rule, _segments(rule), jumps), jumps)
@@ -390,8 +391,9 @@ def label_phases(
     where = _Where(positions, n, _check_steps(steps, n, "label_phases"))
     if y.size < opts.min_length:
         return _too_short(n)
-    clipped = _clipped(y, jump_options.half_blocks, jump_options.min_window)
-    return _phases_of_finite(y, _jump_candidates(clipped, jump_options), where, opts)
+    padded = _shared_median(y, jump_options.min_window)
+    clipped = _clipped(y, jump_options.half_blocks, jump_options.min_window, padded)
+    return _phases_of_finite(y, _jump_candidates(clipped, jump_options), where, opts, padded)
 
 
 def _too_short(n: int) -> list[Phase]:
