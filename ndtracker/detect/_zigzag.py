@@ -20,6 +20,10 @@ _BAND = 1.0  # a trend ends (starts) within this many noise sd of the plateau's 
 _FLAT = 0.5  # an end part is flat if slower than this fraction of the moving part's pace
 _EDGE = 4  # the last samples' levels have shrunk windows (down to one sample): not a final extreme
 _CHUNK = 2048  # samples scanned at a time for a turn (doubling while none is found)
+_WINDOW = 9  # samples in the level's window: its noise sd is that of a mean over about this many
+_COARSE = 4  # a long swing is confirmed on mean levels over a quarter of its length at its two ends
+_LONG = 32  # ... where a quarter is longer than this many samples (a few windows of the level)
+_HALF = 0.5  # ... by this fraction of min_change
 
 
 @dataclass(frozen=True)
@@ -96,6 +100,42 @@ class _Scan:
         v = direction * self.level[start : max(start + 1, hi - _EDGE)]  # not a one-sample level at the end
         swings.append((pivot, start + int(np.argmax(v)), direction))
         return swings
+
+
+    def confirmed(self, swings: list[tuple[int, int, int]], time: np.ndarray, rounded: int) -> list[tuple[int, int, int]]:
+        """The swings whose move holds on the mean level of the first and last quarter of the
+        part where they move (:func:`trim`; long swings only, :meth:`_holds`): over a long noisy
+        stretch the level's extremes are its noise's extremes, and a swing between two of them (a
+        slow trend's noise read as a counter-move) is no move of the mean level. An unconfirmed
+        swing is merged with its neighbours (which move the other way: one swing from the first's
+        start to the last's end), or dropped at the ends of the series; until all hold."""
+        out = list(swings)
+        k = 0
+        while k < len(out):
+            moving = trim(self, time, out[k], rounded)
+            if self._holds(moving.start, moving.end, out[k][2]):
+                k += 1
+            elif 0 < k < len(out) - 1:
+                out[k - 1 : k + 2] = [(out[k - 1][0], out[k + 1][1], out[k - 1][2])]
+                k -= 1
+            else:
+                del out[k]
+                k = max(0, k - 1)
+        return out
+
+    def _holds(self, a: int, b: int, direction: int) -> bool:
+        """Whether the level moves ``direction``-ward from ``a`` to ``b`` on its mean over the
+        first and last ``r = (b - a) // _COARSE`` samples, by ``z`` noise sd of those means and half
+        of ``min_change`` (the means lie an eighth of the way in, so a steady move keeps three
+        quarters of its size between them); always where ``r`` is at most ``_LONG``."""
+        r = (b - a) // _COARSE
+        if r <= _LONG:
+            return True
+        ends = [(a, a + r), (b + 1 - r, b + 1)]
+        means = [float(np.mean(self.level[lo:hi])) for lo, hi in ends]
+        sds = [float(np.median(self.sd[lo:hi])) * np.sqrt(_WINDOW / r) for lo, hi in ends]
+        moved = direction * (means[1] - means[0])
+        return moved >= max(_HALF * self.min_change * abs(means[0]), self.z * float(np.hypot(*sds)))
 
 
 @dataclass(frozen=True)

@@ -166,7 +166,8 @@ def _segments(rule: _Rule) -> list[tuple[int, int]]:
     jumps a swing carries (:func:`_carries`)."""
     level = rule.level.level
     scan = _Scan(level, rule.level.sd, rule.min_change, rule.z)
-    trends = [(trim(scan, rule.time, swing, _ROUNDED), swing[2]) for swing in scan.swings(0, level.size)]
+    swings = scan.confirmed(scan.swings(0, level.size), rule.time, _ROUNDED)
+    trends = [(trim(scan, rule.time, swing, _ROUNDED), swing[2]) for swing in swings]
     spans = []
     for trend, direction in zip(close_gaps([t for t, _ in trends], rule.time), [d for _, d in trends]):
         start = 0 if trend.start <= _ROUNDED else trend.start  # the level's rounding at the ends
