@@ -4,7 +4,8 @@ A swing ends at an extreme once the level has turned back from it by ``_SWING * 
 the extreme and by ``z`` noise sd of the difference. The scan is numpy work on stretches of the
 level (running extrema with ``np.maximum.accumulate``): Python only loops over the turns, which
 are few, and each stretch is scanned in chunks that double in size, so the cost is linear in the
-series' length.
+series' length. A long swing is confirmed on the mean level of the first and last quarter of
+the part where it moves (:meth:`_Scan.confirmed`), so a slow trend's noise is not read as turns.
 """
 
 from __future__ import annotations

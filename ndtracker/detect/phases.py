@@ -29,7 +29,10 @@ as in a collapse whose fastest step is a jump; a jump with flat level on both si
 How phases are found: the level is scanned left to right for its swings (a zig-zag): a swing ends
 at an extreme once the level has turned back from it by ``1.25 * min_change`` of the extreme and
 by ``trend_threshold`` noise sd (numpy running extrema; Python only loops over the turns, so the
-cost is O(n)). Each swing is then trimmed to where the level moves: its start is the last sample
+cost is O(n)). A long swing (whose moving part is over 128 samples) must also hold on the mean
+level of the first and last quarter of that part, by ``trend_threshold`` noise sd of those means and
+half of ``min_change``: over a long noisy stretch the level's extremes are its noise's extremes, and a
+swing between two of them is no move; such a swing is merged with its neighbours. Each swing is then trimmed to where the level moves: its start is the last sample
 within ``tol`` of the swing's first extreme, its end the first sample within ``tol`` of its last
 extreme (``tol`` the smaller of a tenth of the swing and ``0.4 * min_change`` of the level), and
 each is then settled on the plateau next to it: the end is the first sample within one noise sd
