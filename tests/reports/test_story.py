@@ -84,3 +84,21 @@ def test_the_report_header_tells_a_schedule_in_words(tmp_path):
     writer.close()
     lines = dict(info_lines(ndtracker.report(tmp_path)))
     assert lines["steps"] == f"0-295, every 1 step until 49, then every 5, {len(steps)} samples"
+
+
+def test_the_story_names_the_largest_jumps_with_their_relative_size(tmp_path):
+    up = np.where(STEPS < 500, 8.0, 12.0)  # +50 % at step 500
+    down = np.where(STEPS < 300, 10.0, 9.0)  # -10 % at step 300
+    ramp = np.where(STEPS < 200, 20 - 15 * STEPS / 200, 5.0)  # a collapse, so the story has a finding
+    write(tmp_path, {"fc1": noisy(up), "fc2": noisy(down, 1), "fc3": noisy(ramp, 2)})
+    rep = ndtracker.report(tmp_path)
+    lines = story.jump_lines(rep)
+    assert lines[0].startswith("fc1 (Linear 64×32), activation: largest stable_rank jump ↑50% at step 500")
+    assert lines[1].startswith("fc2 (Linear 64×32), activation: largest stable_rank jump ↓10% at step 300")
+    assert story.story_lines(rep)[-len(lines):] == lines  # after the phases of change
+    assert story.jump_lines(ndtracker.report(_flat(tmp_path / "flat"))) == []
+
+
+def _flat(folder):
+    write(folder, {"fc1": noisy(np.full(STEPS.size, 8.0))})
+    return folder
