@@ -177,9 +177,22 @@ def trim(scan: _Scan, time: np.ndarray, swing: tuple[int, int, int], rounded: in
     left = direction * (level[b] - level[s : b + 1])
     e = _settled_end(level, sd, s, s + int(np.flatnonzero(left <= tol_b)[0]), b, direction)
     core = abs(level[e] - level[s]) / max(time[e] - time[s], 1e-300)  # the pace where it moves
-    s = s if s - a > rounded and tol_a < _FLAT * core * (time[s] - time[a]) else a
-    e = e if b > e and tol_b < _FLAT * core * (time[b] - time[e]) else b
+    s = s if s - a > rounded and tol_a < _FLAT * core * (time[s] - time[a]) and _still(level, time, a, s, core) else a
+    e = e if b > e and tol_b < _FLAT * core * (time[b] - time[e]) and _still(level, time, e, b, core) else b
     return _Trend(s, max(e, s + 1), pace, tol_a, tol_b)
+
+
+def _still(level: np.ndarray, time: np.ndarray, lo: int, hi: int, pace: float) -> bool:
+    """Whether the end part ``[lo, hi]`` of a swing is flat on its mean level: its two halves'
+    mean levels differ by less than ``_FLAT`` of ``pace`` over the time between their middles.
+    Always for a part of ``4 * _LONG`` samples or fewer (there the extreme's tolerance decides);
+    on a long part the extreme is a noise extreme, and a slow trend stays within its tolerance of
+    it for long while the mean level moves on."""
+    if hi - lo <= 4 * _LONG:
+        return True
+    mid = (lo + hi + 1) // 2
+    moved = abs(float(np.mean(level[mid : hi + 1])) - float(np.mean(level[lo:mid])))
+    return moved < _FLAT * pace * (time[(mid + hi) // 2] - time[(lo + mid) // 2])
 
 
 def _settled_end(level: np.ndarray, sd: np.ndarray, s: int, e: int, b: int, direction: int) -> int:
