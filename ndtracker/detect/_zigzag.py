@@ -103,7 +103,9 @@ class _Scan:
         return swings
 
 
-    def confirmed(self, swings: list[tuple[int, int, int]], time: np.ndarray, rounded: int) -> list[tuple[int, int, int]]:
+    def confirmed(
+        self, swings: list[tuple[int, int, int]], time: np.ndarray, rounded: int
+    ) -> list[tuple[int, int, int]]:
         """The swings whose move holds on the mean level of the first and last quarter of the
         part where they move (:func:`trim`; long swings only, :meth:`_holds`): over a long noisy
         stretch the level's extremes are its noise's extremes, and a swing between two of them (a
@@ -162,9 +164,10 @@ def trim(scan: _Scan, time: np.ndarray, swing: tuple[int, int, int], rounded: in
     Its start is the last sample still within ``tol`` of the first extreme, its end the first
     sample within ``tol`` of the last extreme, ``tol`` the smaller of a tenth of the swing and
     ``0.4 * min_change`` of the level; then each is moved to where the level comes within
-    ``_BAND`` noise sd of the plateau's median level (:func:`_settled_end`). An end part is cut off only if it is flat: slower than ``_FLAT`` of the pace of the
-    part that moves (``time`` is the step, or position, of each sample), and longer than ``rounded`` samples
-    (shorter ones are the smoothing's rounding of a kink).
+    ``_BAND`` noise sd of the plateau's median level (:func:`_settled_end`). An end part is cut
+    off only if it is flat: slower than ``_FLAT`` of the pace of the part that moves (``time`` is
+    the step, or position, of each sample), longer than ``rounded`` samples (shorter ones are the
+    smoothing's rounding of a kink), and, if long, still on its mean level (:func:`_still`).
     """
     level, sd = scan.level, scan.sd
     a, b, direction = swing
@@ -177,8 +180,9 @@ def trim(scan: _Scan, time: np.ndarray, swing: tuple[int, int, int], rounded: in
     left = direction * (level[b] - level[s : b + 1])
     e = _settled_end(level, sd, s, s + int(np.flatnonzero(left <= tol_b)[0]), b, direction)
     core = abs(level[e] - level[s]) / max(time[e] - time[s], 1e-300)  # the pace where it moves
-    s = s if s - a > rounded and tol_a < _FLAT * core * (time[s] - time[a]) and _still(level, time, a, s, core) else a
-    e = e if b > e and tol_b < _FLAT * core * (time[b] - time[e]) and _still(level, time, e, b, core) else b
+    flat_start = s - a > rounded and tol_a < _FLAT * core * (time[s] - time[a]) and _still(level, time, a, s, core)
+    flat_end = b > e and tol_b < _FLAT * core * (time[b] - time[e]) and _still(level, time, e, b, core)
+    s, e = (s if flat_start else a), (e if flat_end else b)
     return _Trend(s, max(e, s + 1), pace, tol_a, tol_b)
 
 

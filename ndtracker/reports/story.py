@@ -115,7 +115,9 @@ def jump_lines(rep: Report) -> list[str]:
     lines = []
     for (layer, space), rows in ranked[:JUMP_SERIES]:
         rows = sorted(rows, key=lambda r: -abs(r.relative_size))[:JUMPS_PER_SERIES]
-        told = ", ".join(f"{'↑' if r.relative_size > 0 else '↓'}{abs(r.relative_size):.0%} at step {int(r.step)}" for r in rows)
+        told = ", ".join(
+            f"{'↑' if r.relative_size > 0 else '↓'}{abs(r.relative_size):.0%} at step {int(r.step)}" for r in rows
+        )
         noun = "jumps" if len(rows) > 1 else "jump"
         lines.append(f"{layer_label(rep, layer)}, {space}: largest {rep.metric} {noun} {told}.")
     return lines
