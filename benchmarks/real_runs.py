@@ -14,6 +14,8 @@ Runs (seeded, deterministic up to the platform's float arithmetic):
 - ``cnn``: a two-conv CNN on the 8x8 digits images, SGD momentum, 3000 steps.
 - ``transformer``: a two-layer transformer encoder that sorts sequences of 8 tokens from 16,
   Adam, 3000 steps.
+- ``demo``: the run of ``ndtracker demo`` (a tanh MLP learning a low-rank teacher, 1500 steps):
+  the README's example output.
 
 Run: ``python benchmarks/real_runs.py [--out tests/detect/corpus] [--only mlp_sgd ...]`` (a few
 minutes on two cores).
@@ -22,6 +24,7 @@ minutes on two cores).
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -29,9 +32,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from rich.console import Console
 from torch import nn
 
 import ndtracker
+import ndtracker.demo
 from ndtracker import Tracker
 
 METRICS = ("stable_rank", "participation_ratio")
@@ -153,11 +158,15 @@ def series_of(log_dir: str) -> dict[str, np.ndarray]:
 
 
 def build(name: str, out: Path) -> Path:
-    """Train one run and store its series as ``out/<name>.npz``."""
+    """Train one run and store its series as ``out/<name>.npz`` (``demo``: ``ndtracker demo``'s run)."""
     started = time.perf_counter()
-    model, optimizer, batch, steps = run(name)
     with tempfile.TemporaryDirectory() as log_dir:
-        train(model, optimizer, batch, steps, log_dir)
+        if name == "demo":
+            with open(os.devnull, "w") as sink:
+                ndtracker.demo.main(log_dir, console=Console(file=sink))
+        else:
+            model, optimizer, batch, steps = run(name)
+            train(model, optimizer, batch, steps, log_dir)
         series = series_of(log_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{name}.npz"
@@ -170,7 +179,7 @@ def build(name: str, out: Path) -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=OUT)
-    parser.add_argument("--only", nargs="*", default=["mlp_sgd", "mlp_adam", "cnn", "transformer"])
+    parser.add_argument("--only", nargs="*", default=["mlp_sgd", "mlp_adam", "cnn", "transformer", "demo"])
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
     for name in args.only:

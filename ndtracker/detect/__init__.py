@@ -29,7 +29,7 @@ from __future__ import annotations
 from numpy.typing import ArrayLike
 
 from ndtracker.detect.jumps import Jump, _jump_candidates, _JumpOptions, _to_jump, find_anomalies, find_jumps
-from ndtracker.detect.level import smooth_level
+from ndtracker.detect.level import _shared_median, smooth_level
 from ndtracker.detect.online import Event, OnlineDetector, PhaseChange
 from ndtracker.detect.phases import Phase, PhaseKind, _phases_of_finite, _PhaseOptions, _too_short, _Where, label_phases
 from ndtracker.detect._robust import _check_steps, _clipped, _prepare
@@ -65,9 +65,10 @@ def phases_and_jumps(values: ArrayLike, steps: ArrayLike | None = None) -> tuple
     jump_options, phase_options = _JumpOptions(), _PhaseOptions()
     y, positions, n = _prepare(values, "phases_and_jumps")
     where = _Where(positions, n, _check_steps(steps, n, "phases_and_jumps"))
-    clipped = _clipped(y, jump_options.half_blocks, jump_options.min_window)
+    padded = _shared_median(y, jump_options.min_window)  # both clippings start from it
+    clipped = _clipped(y, jump_options.half_blocks, jump_options.min_window, padded)
     candidates = _jump_candidates(clipped, jump_options)
     jumps = [_to_jump(c, positions, where.steps) for c in candidates]
     if y.size < phase_options.min_length:
         return _too_short(n), jumps
-    return _phases_of_finite(y, candidates, where, phase_options), jumps
+    return _phases_of_finite(y, candidates, where, phase_options, padded), jumps

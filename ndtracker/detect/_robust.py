@@ -153,15 +153,16 @@ def _local_scale(v: np.ndarray, half_blocks: int) -> np.ndarray:
     return np.repeat(_context_sd(v, half_blocks, -(-v.size // _BLOCK)), _BLOCK)[: v.size]
 
 
-def _clipped(y: np.ndarray, half_blocks: int, half: int) -> np.ndarray:
+def _clipped(y: np.ndarray, half_blocks: int, half: int, median: np.ndarray | None = None) -> np.ndarray:
     """Clip each sample to its running median (``half`` each side) +- ``_CLIP`` local robust sd.
 
     Any excursion shorter than ``half + 1`` samples is pulled back to within ``_CLIP`` sd of the
-    running median, which follows steps and monotone stretches exactly.
+    running median, which follows steps and monotone stretches exactly. ``median``: that running
+    median if the caller has it (:func:`_running_median` of ``y`` and ``half``).
     """
     if y.size < 2 * half + 1:
         return y.copy()
-    median = _running_median(y, half)
+    median = _running_median(y, half) if median is None else median
     scale = _local_scale(y - median, half_blocks)
     return np.clip(y, median - _CLIP * scale, median + _CLIP * scale)
 

@@ -9,7 +9,10 @@ first samples does not change when the run goes on, and a collapse in the first 
 sharp. Each level comes with its noise sd: an AR(1) noise
 model fitted to robust variances of second differences at lags 1 to 8 in the blocks of 64 samples
 around it (inflated for the autocorrelation; longer lags would read a trend's curvature as
-autocorrelation), scaled by the window actually used.
+autocorrelation), scaled by the window actually used, and capped at 3 times the sd that the
+residuals around the level support (their robust sd and lag-1 autocorrelation, calibrated on
+white and AR(1) noise): on noise the cap does not bind, on a smooth curve that bends it keeps the
+curvature from reading as noise (which would hide a real drift in a stabilization).
 """
 
 from __future__ import annotations
@@ -59,13 +62,14 @@ def _shrinking_windows(n: int, half: int) -> tuple[np.ndarray, np.ndarray]:
     return i - reach, i + reach + 1
 
 
-def _running_median(y: np.ndarray, half: int) -> np.ndarray:
-    """Median over symmetric windows of ``2 * half + 1`` samples, shrinking at the ends."""
+def _running_median(y: np.ndarray, half: int, padded: np.ndarray | None = None) -> np.ndarray:
+    """Median over symmetric windows of ``2 * half + 1`` samples, shrinking at the ends
+    (``padded``: the padded running median of ``_robust`` for ``y`` and ``half``, if known)."""
     n = y.size
     if n <= 2 * half:
         starts, stops = _shrinking_windows(n, half)
         return np.array([np.median(y[a:b]) for a, b in zip(starts, stops)])
-    out = _padded_running_median(y, half)  # exact away from the ends
+    out = _padded_running_median(y, half) if padded is None else padded.copy()  # exact away from the ends
     for i in range(half):
         out[i] = np.median(y[: 2 * i + 1])
         out[n - 1 - i] = np.median(y[n - 1 - 2 * i :])
@@ -79,23 +83,52 @@ def _running_mean(y: np.ndarray, half: int) -> np.ndarray:
     return (total[stops] - total[starts]) / (stops - starts)
 
 
-def _window_factor(n: int, half: int) -> np.ndarray:
+# Calibration of the level's noise from the residuals around it (white and AR(1) Gaussian noise,
+# phi 0 to 0.9, 400 000 samples each, at HALF_WIDTH 4): the residuals' lag-1 autocorrelation (from
+# robust sds, :func:`_residual_noise`), and the level's sd and a sample's sd over the residuals' sd.
+_RHO = np.array([-0.4017, -0.2979, -0.1984, -0.0980, -0.0018, 0.0993, 0.1878, 0.2723, 0.3429, 0.3996])
+_LEVEL_RATIO = np.array([0.3765, 0.4151, 0.4517, 0.5059, 0.5703, 0.6607, 0.7882, 0.9810, 1.3319, 2.1541])
+_SAMPLE_RATIO = 1.0 / np.array([0.8325, 0.8181, 0.8038, 0.7830, 0.7611, 0.7280, 0.6859, 0.6222, 0.5298, 0.3873])
+_CAP = 3.0  # the second-difference noise is at most this many times what the residuals support
+
+
+def _window_sizes(n: int, half: int) -> np.ndarray:
+    """Samples in each of ``n`` samples' symmetric window (shrunk at the ends)."""
+    starts, stops = _shrinking_windows(n, half)
+    return stops - starts
+
+
+def _residual_noise(clipped: np.ndarray, level: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The level's sd with full windows and one sample's noise sd, per block of ``_BLOCK``.
+
+    Both come from the residuals around the level (``clipped - level``), so a trend's curvature,
+    which the level follows, does not read as noise: their robust sd in each block's context
+    (one block on each side) and their lag-1 autocorrelation (from the robust sd of their first
+    differences), mapped to the two sds by the calibration above (AR(1) noise, phi up to 0.9).
+    """
+    n_blocks = max(1, -(-clipped.size // _BLOCK))
+    residuals = clipped - level
+    sd = _context_sd(residuals, _NOISE_BLOCKS, n_blocks)
+    step_sd = _context_sd(np.diff(residuals), _NOISE_BLOCKS, n_blocks)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rho = np.where(sd > 0, 1.0 - step_sd**2 / (2.0 * sd**2), 0.0)
+    return sd * np.interp(rho, _RHO, _LEVEL_RATIO), sd * np.interp(rho, _RHO, _SAMPLE_RATIO)
+
+
+def _window_factor(sizes: np.ndarray, half: int) -> np.ndarray:
     """Noise sd of the level relative to the samples' noise sd, from each sample's window size.
 
     A median of ``m`` values has about ``1.2533 / sqrt(m)`` of the noise sd, and the mean of
     ``m`` overlapping medians about 0.8 of that again (measured on white noise).
     """
-    starts, stops = _shrinking_windows(n, half)
-    m = (stops - starts).astype(float)
+    m = sizes.astype(float)
     return np.where(m > 1, 1.2533 / np.sqrt(m) * np.where(m >= 2 * half + 1, 0.8, 1.0), 1.0)
 
 
 def _noise_sd(y: np.ndarray) -> np.ndarray:
     """Robust noise sd of each sample for a mean of a few neighbours: the AR(1) noise sd fitted
-    in its block context (:func:`_local_noise`), inflated by ``sqrt((1 + phi) / (1 - phi))`` for
-    the autocorrelation."""
-    if y.size < 5:
-        return np.zeros(y.size)
+    in its block context (:func:`_short_lag_noise`), inflated by ``sqrt((1 + phi) / (1 - phi))``
+    for the autocorrelation."""
     sigma, phi = _short_lag_noise(y)
     per_block = sigma * np.sqrt((1 + phi) / (1 - phi))
     return np.repeat(per_block, _BLOCK)[: y.size]
@@ -116,32 +149,60 @@ def _short_lag_noise(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return sigma, phi
 
 
+def _level_sd(clipped: np.ndarray, level: np.ndarray, sizes: np.ndarray, half: int) -> np.ndarray:
+    """Noise sd of the level at each sample, ``sizes`` the samples in its window.
+
+    The AR(1) model of :func:`_noise_sd` scaled by the window (:func:`_window_factor`), capped at
+    ``_CAP`` times what the residuals around the level support (:func:`_residual_noise`: the
+    full-window sd where the window is whole, else the larger of that and a median of ``m``
+    samples' sd). On noise the two agree within about 30 %, so the cap does not bind; on a smooth
+    curve that bends (a weight's stable rank after a fast collapse) the second differences read
+    the curvature as noise, and the cap keeps a real drift from hiding in it.
+    """
+    if clipped.size < 5:
+        return np.zeros(clipped.size)
+    full, sample = (np.repeat(v, _BLOCK)[: clipped.size] for v in _residual_noise(clipped, level))
+    full = full * np.sqrt((2 * HALF_WIDTH + 1) / (2 * half + 1))
+    shrunk = sample * np.where(sizes > 1, 1.2533 / np.sqrt(sizes), 1.0)
+    residual = np.where(sizes >= 2 * half + 1, full, np.maximum(full, shrunk))
+    return np.minimum(_CAP * residual, _noise_sd(clipped) * _window_factor(sizes, half))
+
+
 def _piece_level(y: np.ndarray, half: int) -> np.ndarray:
     """Level of one piece between jumps (median then mean over shrinking windows)."""
     return _running_mean(_running_median(y, half), half) if y.size else y
 
 
-def _clip_outliers(y: np.ndarray) -> np.ndarray:
+def _clip_outliers(y: np.ndarray, padded: np.ndarray | None = None) -> np.ndarray:
     """Clip each sample to the median of the ``2 * _CLIP_HALF + 1`` around it (shrinking at the
     ends, so the first samples are never clipped towards later ones) +- 3 local robust sd."""
     if y.size < 2 * _CLIP_HALF + 1:
         return y.copy()
-    median = _running_median(y, _CLIP_HALF)
+    median = _running_median(y, _CLIP_HALF, padded)
     scale = _local_scale(y - median, _NOISE_BLOCKS)
     return np.clip(y, median - _CLIP * scale, median + _CLIP * scale)
 
 
-def _level_of_finite(y: np.ndarray, cuts: list[int], half: int = HALF_WIDTH) -> _Level:
+def _shared_median(y: np.ndarray, half: int) -> np.ndarray | None:
+    """The running median that both outlier clippings (the jumps' and the level's) start from,
+    computed once: :func:`ndtracker.detect._robust._running_median` of ``y`` over ``2 * half + 1``
+    samples, where ``half`` is the level's clipping half-width and ``y`` is long enough; else None."""
+    return _padded_running_median(y, half) if half == _CLIP_HALF and y.size > 2 * half else None
+
+
+def _level_of_finite(
+    y: np.ndarray, cuts: list[int], half: int = HALF_WIDTH, padded: np.ndarray | None = None
+) -> _Level:
     """Level and its noise sd of finite values ``y``: outliers clipped, then smoothed separately
-    between ``cuts``."""
+    between ``cuts`` (``padded``: :func:`_shared_median` of ``y``, if known)."""
     if y.size == 0:
         return _Level(np.zeros(0), np.zeros(0))
-    clipped = _clip_outliers(y)
+    clipped = _clip_outliers(y, padded)
     edges = [0, *sorted(c for c in set(cuts) if 0 < c < clipped.size), clipped.size]
     level = np.concatenate([_piece_level(clipped[a:b], half) for a, b in zip(edges, edges[1:])])
-    factor = np.concatenate([_window_factor(b - a, half) for a, b in zip(edges, edges[1:])])
+    sizes = np.concatenate([_window_sizes(b - a, half) for a, b in zip(edges, edges[1:])])
     floor = _REL_FLOOR * np.abs(level)
-    return _Level(level, np.maximum(_noise_sd(clipped) * factor, floor))
+    return _Level(level, np.maximum(_level_sd(clipped, level, sizes, half), floor))
 
 
 def smooth_level(values: ArrayLike, steps: ArrayLike | None = None, *, half_width: int = HALF_WIDTH) -> np.ndarray:
@@ -179,8 +240,9 @@ def smooth_level(values: ArrayLike, steps: ArrayLike | None = None, *, half_widt
     y, positions, n = _prepare(values, "smooth_level")
     _check_steps(steps, n, "smooth_level")
     options = _JumpOptions()
-    clipped = _clipped(y, options.half_blocks, options.min_window)
+    padded = _shared_median(y, options.min_window)
+    clipped = _clipped(y, options.half_blocks, options.min_window, padded)
     cuts = [c.t for c in _jump_candidates(clipped, options)]
     out = np.full(n, np.nan)
-    out[positions] = _level_of_finite(y, cuts, half_width).level
+    out[positions] = _level_of_finite(y, cuts, half_width, padded).level
     return out

@@ -2,16 +2,25 @@
 
 A **phase** is a stretch of the series' smoothed level (:func:`~ndtracker.detect.smooth_level`,
 smoothed separately between jumps) with one direction. The rule every phase satisfies, with
-``L`` the level, ``start_level = L[start]`` and ``end_level`` the level at the first sample after
-the phase, or at its own last sample where a jump follows it or the series ends (the level
-*before* the jump: a phase that ends at a jump does not take the jump's change):
+``L`` the level, ``start_level = L[start]`` (after a jump: ``L[start + 4]``) and ``end_level`` the
+level at the first sample after the phase; or, where a jump follows it or the series ends, the
+level *before* the jump (a phase that ends at a jump does not take the jump's change) at its last
+sample with a whole window, ``L[stop - 5]``. Beside a jump and at the end of the series the
+level's window shrinks to one sample; 4 samples in (``HALF_WIDTH``) it is a mean over 9 again, so
+the levels a phase is measured between are not one noisy sample each (a phase of 9 samples or
+fewer is measured at ``start`` and ``stop - 1``):
 
 - ``collapse`` (``expansion``): the level falls (rises) from ``start_level`` to ``end_level`` by at
   least ``min_change`` (5 %) of ``|start_level|``, and by at least ``trend_threshold`` (4) noise sd
   of that difference; no jump of the opposite sign lies inside it (``start < index < stop``).
-- ``stabilization``: every other stretch; its net change from ``start_level`` to ``end_level`` is
-  below ``min_change`` of the level or within the noise. No jump lies inside a stabilization:
-  a jump between two flat stretches is the boundary of two stabilizations.
+- ``stabilization``: every other stretch. Its net change from ``start_level`` to ``end_level`` is
+  below ``min_change`` of ``|start_level|``, or, where the level is too noisy to measure a move of
+  ``min_change`` (its two end levels have a noise sd of the difference above ``min_change / z`` of
+  the level), below ``trend_threshold`` noise sd of that difference: a change the noise
+  explains is not a trend. The second case arises at the end of a series and next to a jump,
+  where the level is a mean over few samples, and on noisy curves (activations on each step's own
+  batch). No jump lies inside a stabilization: a jump between two flat stretches is the boundary of two
+  stabilizations.
 
 A jump lies inside a trend only where the trend *carries* it: the level moves the trend's way on
 the jump's sides too (by ``min_change`` of the level, a quarter of ``trend_threshold`` noise sd),
@@ -20,7 +29,10 @@ as in a collapse whose fastest step is a jump; a jump with flat level on both si
 How phases are found: the level is scanned left to right for its swings (a zig-zag): a swing ends
 at an extreme once the level has turned back from it by ``1.25 * min_change`` of the extreme and
 by ``trend_threshold`` noise sd (numpy running extrema; Python only loops over the turns, so the
-cost is O(n)). Each swing is then trimmed to where the level moves: its start is the last sample
+cost is O(n)). A long swing (whose moving part is over 128 samples) must also hold on the mean
+level of the first and last quarter of that part, by ``trend_threshold`` noise sd of those means and
+half of ``min_change``: over a long noisy stretch the level's extremes are its noise's extremes, and a
+swing between two of them is no move; such a swing is merged with its neighbours. Each swing is then trimmed to where the level moves: its start is the last sample
 within ``tol`` of the swing's first extreme, its end the first sample within ``tol`` of its last
 extreme (``tol`` the smaller of a tenth of the swing and ``0.4 * min_change`` of the level), and
 each is then settled on the plateau next to it: the end is the first sample within one noise sd
@@ -46,7 +58,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from ndtracker.detect.jumps import _Candidate, _jump_candidates, _JumpOptions
-from ndtracker.detect.level import HALF_WIDTH, _Level, _level_of_finite
+from ndtracker.detect.level import HALF_WIDTH, _Level, _level_of_finite, _shared_median
 from ndtracker.detect._robust import _check, _check_steps, _clipped, _prepare
 from ndtracker.detect._zigzag import _Scan, close_gaps, trim
 
@@ -70,10 +82,13 @@ class Phase:
         relative_change: ``change / |start_level|``: what the label is about (at most
             ``-min_change`` for a collapse, at least ``min_change`` for an expansion).
         slope: ``change`` per finite sample of the phase.
-        start_level: Smoothed level at ``start``.
-        end_level: Smoothed level at ``stop`` (the first sample of the next phase), or at the
-            phase's last sample (``stop - 1``) where a jump starts the next phase or the series
-            ends: the level before the jump, smoothed on the phase's side of it.
+        start_level: Smoothed level at ``start``; where a jump starts the phase, 4 samples in
+            (``start + 4``), where the level has a whole window (at ``start`` for a phase of 9
+            samples or fewer).
+        end_level: Smoothed level at ``stop`` (the first sample of the next phase); or, where a
+            jump starts the next phase or the series ends, the level before the jump (smoothed on
+            the phase's side of it) at ``stop - 5``, 4 samples in, where the level has a whole
+            window (at ``stop - 1`` for a phase of 9 samples or fewer).
         start_step: Training step of ``start`` where ``steps`` were given, else None.
         end_step: Training step of the phase's last sample (``stop - 1``) where ``steps`` were
             given, else None.
@@ -125,15 +140,25 @@ class _Rule:
     z: float
     cuts: frozenset[int] = frozenset()
 
-    def end(self, hi: int) -> int:
-        """Index of the end level of the stretch ``[lo, hi)``: ``hi``, or ``hi - 1`` at a jump or the end."""
-        return hi - 1 if hi >= self.level.level.size or hi in self.cuts else hi
+    def end(self, lo: int, hi: int) -> int:
+        """Index of the end level of the stretch ``[lo, hi)``: ``hi``; or, where a jump or the end
+        of the series follows it, its last sample with a whole window (``hi - 1 - HALF_WIDTH``,
+        where the level is not the level of one sample) if it is longer than a window, else
+        ``hi - 1``."""
+        if hi < self.level.level.size and hi not in self.cuts:
+            return hi
+        return hi - 1 - HALF_WIDTH if hi - lo > 2 * HALF_WIDTH + 1 else hi - 1
+
+    def start(self, lo: int, hi: int) -> int:
+        """Index of the start level of ``[lo, hi)``: ``lo``; after a jump, ``lo + HALF_WIDTH``
+        where the level has a whole window, if the stretch is longer than a window."""
+        return lo + HALF_WIDTH if lo in self.cuts and hi - lo > 2 * HALF_WIDTH + 1 else lo
 
     def kind(self, lo: int, hi: int) -> PhaseKind:
         """The kind of the stretch of finite samples ``[lo, hi)`` by its net change."""
-        end = self.end(hi)
-        a, b = self.level.level[lo], self.level.level[end]
-        noise = math.hypot(self.level.sd[lo], self.level.sd[end])
+        first, end = self.start(lo, hi), self.end(lo, hi)
+        a, b = self.level.level[first], self.level.level[end]
+        noise = math.hypot(self.level.sd[first], self.level.sd[end])
         if abs(b - a) < max(self.min_change * abs(a), self.z * noise) or b == a:
             return "stabilization"
         return "expansion" if b > a else "collapse"
@@ -144,7 +169,8 @@ def _segments(rule: _Rule) -> list[tuple[int, int]]:
     jumps a swing carries (:func:`_carries`)."""
     level = rule.level.level
     scan = _Scan(level, rule.level.sd, rule.min_change, rule.z)
-    trends = [(trim(scan, rule.time, swing, _ROUNDED), swing[2]) for swing in scan.swings(0, level.size)]
+    swings = scan.confirmed(scan.swings(0, level.size), rule.time, _ROUNDED)
+    trends = [(trim(scan, rule.time, swing, _ROUNDED), swing[2]) for swing in swings]
     spans = []
     for trend, direction in zip(close_gaps([t for t, _ in trends], rule.time), [d for _, d in trends]):
         start = 0 if trend.start <= _ROUNDED else trend.start  # the level's rounding at the ends
@@ -235,7 +261,7 @@ def _slow_stretches(rule: _Rule, labelled: list[tuple[int, int, PhaseKind]]) -> 
         if kind != "stabilization" or before != after or lo in rule.cuts or hi in rule.cuts:
             continue
         sign = 1 if before == "expansion" else -1
-        a, b = rule.level.level[lo], rule.level.level[rule.end(hi)]
+        a, b = rule.level.level[rule.start(lo, hi)], rule.level.level[rule.end(lo, hi)]
         if sign * (b - a) >= 0.5 * rule.min_change * abs(a):
             out[k] = (lo, hi, before)
     return out
@@ -253,17 +279,14 @@ def _inner(rule: _Rule, lo: int, hi: int) -> tuple[int, int]:
     """The first and last sample of ``[lo, hi)`` to measure its move on: ``HALF_WIDTH`` samples
     in from a jump or an end of the series, where the level has a full window (at the jump it is
     the level of one sample, too noisy to carry a jump on), if the stretch is long enough."""
-    first, last = lo, rule.end(hi)
-    if hi - lo > 2 * HALF_WIDTH + 1:
-        first = lo + HALF_WIDTH if lo == 0 or lo in rule.cuts else lo
-        last = last - HALF_WIDTH if last == hi - 1 else last
-    return first, last
+    first = lo + HALF_WIDTH if hi - lo > 2 * HALF_WIDTH + 1 and (lo == 0 or lo in rule.cuts) else lo
+    return first, rule.end(lo, hi)
 
 
 def _to_phase(rule: _Rule, lo: int, hi: int, kind: PhaseKind, where: _Where) -> Phase:
     """The public record of the finite samples ``[lo, hi)``."""
     level = rule.level.level
-    a, b = float(level[lo]), float(level[rule.end(hi)])
+    a, b = float(level[rule.start(lo, hi)]), float(level[rule.end(lo, hi)])
     change = b - a
     relative = change / abs(a) if a else (math.copysign(math.inf, change) if change else 0.0)
     start, stop = where.start(lo), where.stop(hi)
@@ -292,10 +315,11 @@ class _Where:
 
 
 def _phases_of_finite(
-    y: np.ndarray, jumps: list[_Candidate], where: _Where, opts: _PhaseOptions
+    y: np.ndarray, jumps: list[_Candidate], where: _Where, opts: _PhaseOptions, padded: np.ndarray | None = None
 ) -> list[Phase]:
-    """The phases of the finite values ``y``, given their jumps."""
-    level = _level_of_finite(y, [c.t for c in jumps], HALF_WIDTH)
+    """The phases of the finite values ``y``, given their jumps (``padded``: the shared running
+    median of ``y``, :func:`~ndtracker.detect.level._shared_median`, if known)."""
+    level = _level_of_finite(y, [c.t for c in jumps], HALF_WIDTH, padded)
     time = where.positions.astype(float) if where.steps is None else where.steps[where.positions]
     rule = _Rule(level, time, opts.min_change, opts.trend_threshold, frozenset(c.t for c in jumps))
     labelled = _merge(rule, _split(rule, _segments(rule), jumps), jumps)
@@ -371,8 +395,9 @@ def label_phases(
     where = _Where(positions, n, _check_steps(steps, n, "label_phases"))
     if y.size < opts.min_length:
         return _too_short(n)
-    clipped = _clipped(y, jump_options.half_blocks, jump_options.min_window)
-    return _phases_of_finite(y, _jump_candidates(clipped, jump_options), where, opts)
+    padded = _shared_median(y, jump_options.min_window)
+    clipped = _clipped(y, jump_options.half_blocks, jump_options.min_window, padded)
+    return _phases_of_finite(y, _jump_candidates(clipped, jump_options), where, opts, padded)
 
 
 def _too_short(n: int) -> list[Phase]:

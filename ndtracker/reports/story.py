@@ -2,7 +2,8 @@
 
 Pure functions over a finished :class:`~ndtracker.reports.Report`: :func:`findings` picks each
 layer's main phases of change (collapse and expansion, largest first) and measures them on the
-series itself, and :func:`story_lines` says them in one sentence each. Both views print these lines
+series itself, and :func:`story_lines` says them in one sentence each, then names the largest
+jumps (:func:`jump_lines`). Both views print these lines
 at the top of the report, followed by :data:`GLOSSARY`.
 """
 
@@ -18,11 +19,15 @@ from ndtracker.reports.text import display_name, literal, number
 if TYPE_CHECKING:  # pragma: no cover
     from ndtracker.reports.model import Report, Series
 
-__all__ = ["Finding", "findings", "story_lines", "layer_label", "GLOSSARY", "LEGEND", "MAX_FINDINGS"]
+__all__ = [
+    "Finding", "findings", "story_lines", "jump_lines", "layer_label", "GLOSSARY", "LEGEND", "MAX_FINDINGS",
+]  # fmt: skip
 
 MAX_FINDINGS = 12  # sentences at most at the top of a report, largest changes first
 PER_SERIES = 2  # phases of change told per layer and space, at most
 EDGE_FRACTION = 0.2  # a phase's start (end) level: the median of its first (last) fifth of samples
+JUMP_SERIES = 4  # series whose largest jumps the story names, at most (largest first)
+JUMPS_PER_SERIES = 2  # jumps named per layer and space, at most
 
 GLOSSARY: dict[str, str] = {
     "collapse": "the layer's representation concentrates in fewer directions (the metric falls): "
@@ -92,7 +97,30 @@ def story_lines(rep: Report) -> list[str]:
         return ["No samples to tell about yet."]
     if not found:
         return [f"No layer collapsed or expanded: every {rep.metric} curve stayed level within its noise."]
-    return [_sentence(rep, f) for f in found]
+    return [_sentence(rep, f) for f in found] + jump_lines(rep)
+
+
+def jump_lines(rep: Report) -> list[str]:
+    """One sentence per layer and space naming its largest jumps with their size relative to the
+    level, for the :data:`JUMP_SERIES` series with the largest jumps (at most
+    :data:`JUMPS_PER_SERIES` each, largest first); ``[]`` without jumps."""
+    jumps = rep.jumps
+    if jumps.empty:
+        return []
+    groups: dict[tuple[str, str], list] = {}
+    for row in jumps.itertuples(index=False):
+        if np.isfinite(row.relative_size):
+            groups.setdefault((row.layer, row.space), []).append(row)
+    ranked = sorted(groups.items(), key=lambda item: -max(abs(r.relative_size) for r in item[1]))
+    lines = []
+    for (layer, space), rows in ranked[:JUMP_SERIES]:
+        rows = sorted(rows, key=lambda r: -abs(r.relative_size))[:JUMPS_PER_SERIES]
+        told = ", ".join(
+            f"{'↑' if r.relative_size > 0 else '↓'}{abs(r.relative_size):.0%} at step {int(r.step)}" for r in rows
+        )
+        noun = "jumps" if len(rows) > 1 else "jump"
+        lines.append(f"{layer_label(rep, layer)}, {space}: largest {rep.metric} {noun} {told}.")
+    return lines
 
 
 def layer_label(rep: Report, layer: str) -> str:

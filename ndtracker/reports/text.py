@@ -18,7 +18,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from ndtracker.reports.model import Comparison, Report
 
 __all__ = [
-    "MODEL_NAME", "literal", "display_name", "number", "info_lines", "steps_line", "comparison_lines",
+    "MODEL_NAME", "literal", "display_name", "number", "info_lines", "steps_line", "every_words",
+    "comparison_lines",
 ]  # fmt: skip
 
 MODEL_NAME = "(model)"  # how the model itself (layer name "") is shown
@@ -81,7 +82,31 @@ def steps_line(rep: Report) -> str:
     samples = max((s.steps.size for s in rep.series), default=0)
     options = rep.run.get("options")
     every = options.get("every", "?") if isinstance(options, dict) else "?"
-    return literal(f"{low}-{high}, every {every}, {samples} samples")
+    return literal(f"{low}-{high}, {every_words(every)}, {samples} samples")
+
+
+def every_words(every: object) -> str:
+    """Return the sampling schedule ``every`` of ``run.json`` in words.
+
+    An int ``5`` is ``every 5``; a schedule of ``(start, every)`` pairs such as ``[[0, 1], [50, 5]]``
+    is ``every 1 step until 49, then every 5`` (a middle pair reads ``every 2 until 99``). Anything
+    else (an older or hand-edited ``run.json``) is shown as it is.
+    """
+    if isinstance(every, int) and not isinstance(every, bool):
+        return f"every {every}"
+    pairs = every if isinstance(every, list) else []
+    if not pairs or not all(
+        isinstance(p, list) and len(p) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in p)
+        for p in pairs
+    ):
+        return f"every {every}"
+    if len(pairs) == 1:
+        return f"every {pairs[0][1]} from step {pairs[0][0]}" if pairs[0][0] else f"every {pairs[0][1]}"
+    parts = []
+    for k, (_, interval) in enumerate(pairs[:-1]):
+        unit = (" step" if interval == 1 else " steps") if k == 0 else ""
+        parts.append(f"every {interval}{unit} until {pairs[k + 1][0] - 1}")
+    return ", ".join(parts) + f", then every {pairs[-1][1]}"
 
 
 def _folder_name(run_dir: str) -> str:

@@ -58,3 +58,47 @@ def test_cut_heatmap_names_carry_their_full_name_on_hover():
     long = "encoder.layer.11.attention.self.query"
     svg = figures.heatmap_figure([long, "fc"], np.random.default_rng(0).random((2, 5)), np.arange(6.0), "m", "h")
     assert f"<title>{long}</title>" in svg and "<title>fc</title>" not in svg
+
+
+@pytest.mark.parametrize("every, words", [
+    (5, "every 5"),
+    ([[0, 1], [50, 5]], "every 1 step until 49, then every 5"),
+    ([[0, 2], [100, 5], [1000, 10]], "every 2 steps until 99, every 5 until 999, then every 10"),
+    ("odd", "every odd"),  # a hand-edited run.json is shown as it is
+    ([[0, 1], [50]], "every [[0, 1], [50]]"),
+])  # fmt: skip
+def test_an_every_schedule_is_told_in_words(every, words):
+    from ndtracker.reports.text import every_words
+
+    assert every_words(every) == words
+
+
+def test_the_report_header_tells_a_schedule_in_words(tmp_path):
+    from ndtracker.reports.text import info_lines
+    from ndtracker.store import RunWriter
+
+    steps = [*range(0, 50), *range(50, 300, 5)]
+    writer = RunWriter(tmp_path, run_info={"options": {"every": [[0, 1], [50, 5]]}, "layers": []})
+    writer.append([{"step": s, "layer": "fc1", "space": "activation", "stable_rank": 8.0 + 0.01 * (s % 3), "rows": 64,
+                    "cols": 64, "estimator": "exact", "status": "ok", "loss": 1.0, "wall_time": 1.7e9} for s in steps])
+    writer.close()
+    lines = dict(info_lines(ndtracker.report(tmp_path)))
+    assert lines["steps"] == f"0-295, every 1 step until 49, then every 5, {len(steps)} samples"
+
+
+def test_the_story_names_the_largest_jumps_with_their_relative_size(tmp_path):
+    up = np.where(STEPS < 500, 8.0, 12.0)  # +50 % at step 500
+    down = np.where(STEPS < 300, 10.0, 9.0)  # -10 % at step 300
+    ramp = np.where(STEPS < 200, 20 - 15 * STEPS / 200, 5.0)  # a collapse, so the story has a finding
+    write(tmp_path, {"fc1": noisy(up), "fc2": noisy(down, 1), "fc3": noisy(ramp, 2)})
+    rep = ndtracker.report(tmp_path)
+    lines = story.jump_lines(rep)
+    assert lines[0].startswith("fc1 (Linear 64×32), activation: largest stable_rank jump ↑50% at step 500")
+    assert lines[1].startswith("fc2 (Linear 64×32), activation: largest stable_rank jump ↓10% at step 300")
+    assert story.story_lines(rep)[-len(lines):] == lines  # after the phases of change
+    assert story.jump_lines(ndtracker.report(_flat(tmp_path / "flat"))) == []
+
+
+def _flat(folder):
+    write(folder, {"fc1": noisy(np.full(STEPS.size, 8.0))})
+    return folder
