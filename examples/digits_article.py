@@ -40,7 +40,7 @@ def train(steps: int, log_dir: str) -> None:
     opt = torch.optim.SGD(net.parameters(), lr=0.01)
     generator = torch.Generator().manual_seed(0)
     shutil.rmtree(log_dir, ignore_errors=True)
-    with ndtracker.Tracker(net, every=5, log_dir=log_dir, gradients=True, probes=True) as tracker:
+    with ndtracker.Tracker(net, every=5, log_dir=log_dir, gradients=True, linear_probes=True) as tracker:
         for _ in range(steps):
             index = torch.randint(0, x.shape[0], (64,), generator=generator)
             loss = nn.functional.cross_entropy(net(x[index]), y[index])

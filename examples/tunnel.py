@@ -57,7 +57,7 @@ def train(model: nn.Sequential, data, steps: int, log_dir: Path, seed: int = 0) 
     blocks = [name for name, module in model.named_children() if isinstance(module, Block)]
     shutil.rmtree(log_dir, ignore_errors=True)
     with ndtracker.Tracker(model, every=10, log_dir=str(log_dir), layers=blocks, spaces="activation",
-                           metrics=METRICS, probes=True, similarity=True, detect=False) as tracker:  # fmt: skip
+                           metrics=METRICS, linear_probes=True, similarity=True, detect=False) as tracker:  # fmt: skip
         for _ in range(steps):
             index = torch.randint(0, x.shape[0], (128,), generator=generator)
             loss = nn.functional.cross_entropy(model(x[index]), y[index])

@@ -38,13 +38,17 @@ class Sampler:
         capturer: The hooks, armed here for the forwards to capture.
         probe: Runs the probe batch, or None to measure the training forward.
         warn: ``warn(layer, space, message)``, the Tracker's warn-once.
+        parallel: Measures over a torch.distributed job, or None.
+        on_probe: Called with the step after each probe forward that ran, while the layers still
+            hold its captures and example rows (before they are measured); must not raise.
     """
 
     def __init__(
         self, layers: list[TrackedLayer], options: Options, capturer: Capturer, probe: ProbeRunner | None,
-        warn: Warn, parallel: Any = None,
+        warn: Warn, parallel: Any = None, on_probe: Callable[[int], None] | None = None,
     ) -> None:  # fmt: skip
         self._layers, self._options, self._capturer, self._probe, self._warn = layers, options, capturer, probe, warn
+        self._on_probe = on_probe
         self._parallel = parallel  # measures over a torch.distributed job, or None
         self._watch_training = "activation" in options.spaces and probe is None
         self._order = {(layer.name, space): (i, j) for i, layer in enumerate(layers) for j, space in enumerate(SPACES)}
@@ -84,7 +88,10 @@ class Sampler:
         """What describes the start of ``step``: the probe's activations and the weights."""
         probed = False
         if self._probe is not None:  # (a probe implies activations: checked at construction)
-            probed = self._run_probe() or self._parallel is not None  # every rank, the same collectives
+            ran = self._run_probe()
+            if ran and self._on_probe is not None:
+                self._on_probe(step)  # the probe's labelled read-backs, from the same captures
+            probed = ran or self._parallel is not None  # every rank, the same collectives
         weights = self._options.weights_at(step)
         if weights:
             warn_unmeasured(self._layers, self._warn)  # a replaced module or a complex weight: say why

@@ -39,7 +39,7 @@ def _text(rep) -> str:
 
 @pytest.fixture(scope="module")
 def full(tmp_path_factory):
-    return _deep_run(tmp_path_factory.mktemp("full"), gradients=True, probes=True, similarity=True)
+    return _deep_run(tmp_path_factory.mktemp("full"), gradients=True, linear_probes=True, similarity=True)
 
 
 def test_every_option_fills_its_table(full):
