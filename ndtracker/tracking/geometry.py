@@ -119,7 +119,8 @@ def finish_all(pendings: Sequence[Pending], warn: Warn) -> list[Finished]:
     """Read every pending sample of a turn to the host at once (one transfer per device)."""
     try:
         vectors = [pending.vectors() for pending in pendings]
-        host = to_host([v for each in vectors for v in each])
+        flat = [v for each in vectors for v in each]
+        host = to_host(flat) if flat else []
         found, start = [], 0
         for pending, each in zip(pendings, vectors):
             found.append(pending.named(host[start : start + len(each)]))
