@@ -18,7 +18,7 @@ from typing import Any
 from ndtracker.tracking.capture import Capturer
 from ndtracker.tracking.layers import TrackedLayer, warn_unmeasured
 from ndtracker.tracking.options import Options
-from ndtracker.tracking.probe import FORMS, ProbeRunner
+from ndtracker.tracking.probe import FORMS, Probe, ProbeRunner, as_probe
 from ndtracker.tracking.sample import NOT_REACHED, Batch, activation_jobs, log_row, measure_jobs, weight_jobs
 from ndtracker.vocabulary import SPACES
 
@@ -155,6 +155,43 @@ class Sampler:
     def _take_pending(self, step: int) -> list[Row]:
         pending, self._pending = self._pending, None
         return pending[1] if pending is not None and pending[0] == step else []
+
+
+def checked_probe(
+    model: Any, probe: Any, capturer: Capturer, layers: list[TrackedLayer], options: Options, parallel: Any
+) -> ProbeRunner | None:
+    """The ``probe=`` option's runner, checked (None without a probe).
+
+    In a torch.distributed job every rank checks its own probe, and if one fails all raise (the
+    others would otherwise wait for it in the writer's broadcast).
+
+    Raises:
+        ValueError: As :func:`~ndtracker.tracking.probe.as_probe` and :func:`check_probe`, or
+            ``linear_probes=True`` with a probe without labels; on every rank when one failed.
+    """
+    error, runner = None, None
+    try:
+        runner = _probe_runner(model, as_probe(probe), capturer, layers, options)
+    except Exception as caught:
+        error = caught
+    if parallel is not None:
+        parallel.raise_together(error, "probe")
+    if error is not None:
+        raise error
+    return runner
+
+
+def _probe_runner(
+    model: Any, probe: Probe | None, capturer: Capturer, layers: list[TrackedLayer], options: Options
+) -> ProbeRunner | None:
+    if probe is None:
+        return None
+    if options.linear_probes and probe.labels is None:
+        raise ValueError("linear_probes=True with probe= needs the probe's labels: pass probe=(inputs, labels) "
+                         "or ndtracker.Probe(args=..., labels=y)")  # fmt: skip
+    runner = ProbeRunner(model, probe)
+    check_probe(runner, capturer, layers, options)
+    return runner
 
 
 def check_probe(runner: ProbeRunner, capturer: Capturer, layers: list[TrackedLayer], options: Options) -> None:

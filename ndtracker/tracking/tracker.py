@@ -4,8 +4,8 @@ Options are checked in :mod:`~ndtracker.tracking.options`, layers chosen in
 :mod:`~ndtracker.tracking.layers`, hooks and captures handled in :mod:`~ndtracker.tracking.capture`,
 a sampled step's turn (measure, read back, log) run by :mod:`~ndtracker.tracking.turn`, a sample
 measured into rows in :mod:`~ndtracker.tracking.sample` (the math in :mod:`ndtracker.spectra`),
-the rows written by :mod:`ndtracker.store` and watched by the online detectors of
-:mod:`~ndtracker.tracking.events`. This module holds the public API, the construction, the step
+the run opened in :mod:`~ndtracker.tracking.opening`, the rows written by :mod:`ndtracker.store`
+and watched by the online detectors of :mod:`~ndtracker.tracking.events`. This module holds the public API, the construction, the step
 counter and the warn-once policy.
 """
 
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
@@ -21,19 +20,18 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from ndtracker import store
 from ndtracker.checks import boolean, non_negative_int, optional_positive_int, positive_int, positive_seconds
 from ndtracker.tracking import distributed
 from ndtracker.tracking.capture import Capturer
 from ndtracker.tracking.events import EventEmitter, OnlineEvent, SeriesDetectors, check_on_event, detector_factory
 from ndtracker.tracking.layers import DEFAULT_MAX_LAYERS, LayerSpec, recompile_with_hooks, select_layers, unwrapped
 from ndtracker.tracking.options import DEFAULT_MAX_BUFFER_ROWS, check_options, check_unknown
-from ndtracker.tracking.probe import ProbeRunner, ProbeSpec, as_probe
-from ndtracker.tracking.sampler import check_probe
+from ndtracker.tracking.opening import open_writer, run_info
+from ndtracker.tracking.probe import ProbeSpec
+from ndtracker.tracking.sampler import checked_probe
 from ndtracker.tracking.sinks import Sink, SinkFanout
-from ndtracker.tracking.turn import Turns
 from ndtracker.tracking.schedule import EverySpec
-from ndtracker.version import __version__
+from ndtracker.tracking.turn import Turns
 from ndtracker.vocabulary import SPACES
 
 __all__ = ["Tracker"]
@@ -336,8 +334,9 @@ class Tracker:
         capturing = self._options if self._parallel is None else self._parallel.capture_options(self._options)
         self._capturer = Capturer(self._model, self._layers, capturing, self._warn_once)
         try:
-            runner = self._check_probe(probe)
-            self._writer = _open_writer(log_dir, self._run_info(writing, runner), writing, self._parallel)
+            runner = checked_probe(self._model, probe, self._capturer, self._layers, self._options, self._parallel)
+            info = run_info(self._model, self._options, writing, self._layers, runner, self._parallel)
+            self._writer = open_writer(log_dir, info, writing, self._parallel)
         except BaseException:  # permanent hooks are installed already
             self._capturer.remove()
             raise
@@ -446,33 +445,6 @@ class Tracker:
         """The resolved hook strategy, ``"sampled"`` or ``"permanent"``."""
         return self._options.hooks
 
-    def _check_probe(self, probe: Any) -> ProbeRunner | None:
-        """The probe's runner, after one run that checks the model takes it (None without a probe).
-
-        In a torch.distributed job every rank checks its own probe, and if one fails all raise
-        (the others would otherwise wait for it in the writer's broadcast).
-        """
-        error, runner = None, None
-        try:
-            runner = self._probe_runner(as_probe(probe))
-        except Exception as caught:
-            error = caught
-        if self._parallel is not None:
-            self._parallel.raise_together(error, "probe")
-        if error is not None:
-            raise error
-        return runner
-
-    def _probe_runner(self, probe: Any) -> ProbeRunner | None:
-        if probe is None:
-            return None
-        if self._options.linear_probes and probe.labels is None:
-            raise ValueError("linear_probes=True with probe= needs the probe's labels: pass probe=(inputs, labels) "
-                             "or ndtracker.Probe(args=..., labels=y)")  # fmt: skip
-        runner = ProbeRunner(self._model, probe)
-        check_probe(runner, self._capturer, self._layers, self._options)
-        return runner
-
     def _warn_once(self, layer: str, space: str, message: str) -> None:
         """Warn about a (layer, space) once per run; ``"*"`` stands for the whole tracker."""
         if (layer, space) in self._warned:
@@ -481,45 +453,6 @@ class Tracker:
         where = "ndtracker" if layer == "*" else f"ndtracker: layer {layer!r} ({space})"
         message = f"{where}: {message}; training continues"
         warnings.warn(message, RuntimeWarning, stacklevel=_user_stacklevel())
-
-    def _run_info(self, writing: dict[str, Any], probe: ProbeRunner | None) -> dict[str, Any]:
-        options = {**self._options.as_dict(), **writing, "probe": None if probe is None else probe.describe()}
-        info = {
-            "model": type(self._model).__name__, "options": options,
-            "layers": [layer.info() for layer in self._layers],
-            "ndtracker_version": __version__, "torch_version": torch.__version__,
-        }  # fmt: skip
-        if self._parallel is not None:
-            info["distributed"] = self._parallel.info()
-        return info
-
-
-def _open_writer(
-    log_dir: str | os.PathLike | None, run_info: dict[str, Any], writing: dict[str, Any], parallel=None
-):
-    if log_dir is not None and not isinstance(log_dir, (str, os.PathLike)):
-        raise TypeError(f"log_dir must be a path (a str or os.PathLike) or None, got {log_dir!r}")
-    if log_dir is None:
-        log_dir = time.strftime("runs/ndtracker-%Y%m%d-%H%M%S")
-    if parallel is not None:  # one rank registers the run; the others join it or write nothing
-        amend = _resumed if writing["start_step"] > 0 else None
-        return parallel.open_writer(log_dir, run_info, writing, amend)
-    path = store.validate_log_dir(log_dir)
-    if writing["start_step"] > 0:
-        run_info = {**run_info, **_resumed(path)}
-    return store.RunWriter(
-        path, run_info=run_info, flush_secs=writing["flush_secs"],
-        max_buffer_rows=writing["max_buffer_rows"],
-    )  # fmt: skip
-
-
-def _resumed(path: os.PathLike) -> dict[str, str]:
-    """``{"resumes": <latest run id>}`` when ``path`` already holds a run (a resumed run continues it)."""
-    try:
-        runs = store.read_run_info(path)
-    except Exception:  # no run yet, or an unreadable run.json: nothing to link to
-        return {}
-    return {"resumes": str(runs[-1].get("run_id"))} if runs else {}
 
 
 def _warn_at_user(message: str) -> None:
