@@ -50,6 +50,11 @@ def test_every_option_fills_its_table(full):
     assert {"step", "layer_a", "layer_b", "cka"} <= set(full.similarity.columns)
 
 
+def test_linear_probes_alone_give_the_probe_saturation(tmp_path):
+    rep = _deep_run(tmp_path, linear_probes=True, spaces="activation", detect=False)
+    assert rep.tunnel.probe_saturation_index.notna().all()
+
+
 def test_terminal_and_page_show_the_sections(full):
     text = _text(full)
     assert "depth (stable_rank)" in text and "correlation of stable_rank" in text
