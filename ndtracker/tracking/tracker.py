@@ -256,12 +256,14 @@ class Tracker:
 
     Raises:
         TypeError: If ``model`` is not an ``nn.Module``, ``on_event`` is not callable, an option
-            has the wrong type or a sink lacks ``write``/``close``.
+            has the wrong type or is unknown (``probes=``, renamed ``linear_probes=``, names its
+            new name) or a sink lacks ``write``/``close``.
         ValueError: If an option is out of range, ``every`` is not a valid schedule, a ``layers``
             entry matches nothing, there is no trackable layer, ``probe`` is not one of its forms
             or its labels are not one class index per example, the model cannot take ``probe``,
-            it reaches no tracked layer or gives one a single row, or ``log_dir`` is a file or not
-            writable.
+            it reaches no tracked layer or gives one a single row, ``linear_probes=True`` comes
+            with an unlabelled probe, or ``log_dir`` is a file or not writable. In a
+            torch.distributed job a probe that fails its check on one rank raises on every rank.
 
     Example:
         >>> import torch, tempfile
