@@ -26,7 +26,7 @@ from torch import nn
 import ndtracker
 
 
-HELD_OUT = 200  # digits never trained on: the probe batch
+HELD_OUT = 300  # digits never trained on: the probe batch
 
 
 def data() -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:

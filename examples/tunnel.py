@@ -10,7 +10,7 @@ similarity all on the same unseen examples), and prints where the tunnel starts 
 ``effective_rank``), when it formed, where probe accuracy stops rising, the class geometry over
 depth, and the CKA inside the tunnel vs before it.
 
-Run: ``python examples/tunnel.py [--steps 600] [--depth 12] [--width 128] [--log-dir runs/tunnel]``.
+Run: ``python examples/tunnel.py [--steps 800] [--depth 12] [--width 128] [--log-dir runs/tunnel]``.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from ndtracker.reports.science import cka_at, tunnel_formed
 METRIC = "effective_rank"  # the closest of ours to the paper's numerical rank
 METRICS = ("stable_rank", "effective_rank")
 HELD_OUT = 128  # digits never trained on: the probe batch (as many as a training batch)
-EVERY = 20  # steps between samples
+EVERY = 10  # steps between samples
 
 
 class Block(nn.Module):
@@ -81,8 +81,8 @@ def describe(name: str, rep) -> None:
     profile = [s.values[-1] for s in rep.series]
     print(f"{METRIC} over depth at the last step:", " ".join(f"{v:.1f}" for v in profile))
     onsets = tunnel.onset_index.astype("Float64").to_numpy(dtype=float, na_value=np.nan)
-    shown = [None if np.isnan(v) else int(v) + 1 for v in onsets[::5]]
-    print(f"tunnel onset block over the run (every 5th sample, {5 * EVERY} steps apart): {shown}")
+    shown = [None if np.isnan(v) else int(v) + 1 for v in onsets[::10]]
+    print(f"tunnel onset block over the run (every 10th sample, {10 * EVERY} steps apart): {shown}")
     if np.isnan(onsets[-1]):
         print("no tunnel at the last step")
     else:
@@ -110,7 +110,7 @@ def describe(name: str, rep) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--steps", type=int, default=800)
     parser.add_argument("--depth", type=int, default=12)
     parser.add_argument("--width", type=int, default=128)
     parser.add_argument("--log-dir", default="runs/tunnel")
