@@ -4,7 +4,7 @@ One workload (an MLP, 4 Linear layers of width 512 on batches of 256 synthetic r
 SGD), trained by several *arms* in one process, each with its own copy of the same model:
 
 - ``bare``: the loop alone; ``default``: ``Tracker(model, every=5)``;
-- ``gradients``, ``probes``, ``similarity``: the default plus that option (``probes`` passes the
+- ``gradients``, ``probes``, ``similarity``: the default plus that option (``probes``: ``linear_probes=True``, passes the
   batch's labels to ``step``); ``all``: the three together.
 
 Rounds are interleaved (each arm, in rotating order, runs its next 50 steps, each step timed);
@@ -31,8 +31,8 @@ import ndtracker
 EVERY = 5
 STEPS_PER_ROUND = 50
 ARMS: dict[str, dict] = {
-    "bare": {}, "default": {}, "gradients": {"gradients": True}, "probes": {"probes": True},
-    "similarity": {"similarity": True}, "all": {"gradients": True, "probes": True, "similarity": True},
+    "bare": {}, "default": {}, "gradients": {"gradients": True}, "probes": {"linear_probes": True},
+    "similarity": {"similarity": True}, "all": {"gradients": True, "linear_probes": True, "similarity": True},
 }  # fmt: skip
 
 
@@ -45,7 +45,7 @@ class Arm:
         options = ARMS[name]
         self.tracker = None if name == "bare" else ndtracker.Tracker(
             self.model, every=EVERY, log_dir=f"{folder}/{name}", detect=True, **options)  # fmt: skip
-        self.labels = bool(options.get("probes"))
+        self.labels = bool(options.get("linear_probes"))
         self.rounds: list[float] = []
 
     def run_round(self, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> None:

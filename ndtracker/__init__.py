@@ -22,6 +22,7 @@ from ndtracker.version import __version__
 
 __all__ = [
     "Tracker",
+    "Probe",
     "load",
     "report",
     "compare",
@@ -34,12 +35,13 @@ __all__ = [
 if TYPE_CHECKING:  # pragma: no cover
     from ndtracker.reports import compare, report
     from ndtracker.store import load
-    from ndtracker.tracking import Tracker
+    from ndtracker.tracking import Probe, Tracker
 
 # The reports live in `reports/`, not `report/`: a subpackage named like the function would shadow
 # `ndtracker.report` with a module object as soon as anything imported it.
 _LAZY = {
     "Tracker": "ndtracker.tracking",
+    "Probe": "ndtracker.tracking",
     "load": "ndtracker.store",
     "report": "ndtracker.reports",
     "compare": "ndtracker.reports",

@@ -215,7 +215,7 @@ def science_frames(
     """
     options = info.get("options", {})
     extra = None
-    if options.get("gradients") or options.get("probes"):
+    if options.get("gradients") or options.get("linear_probes") or options.get("probes"):  # probes: older runs
         columns = ["step", "layer", "space", "grad_norm", "probe_accuracy"]
         extra = store.load(run_dir, run_id=list(run_ids), columns=columns, rank=rank)
     gradients = None if extra is None else extra[extra["space"] == "weight"]

@@ -25,7 +25,10 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["RIDGE", "MIN_PROBE_ROWS", "ProbeResult", "probe_accuracy", "probe_accuracies", "split"]
+__all__ = [
+    "RIDGE", "MIN_PROBE_ROWS", "ProbeResult", "probe_accuracy", "probe_accuracies", "probe_tensor", "probe_result",
+    "split",
+]  # fmt: skip
 
 RIDGE = 1e-3
 """Ridge strength relative to the mean feature variance of the fit rows."""
@@ -78,35 +81,53 @@ def probe_accuracies(
     Raises:
         ValueError: As for :func:`probe_accuracy`.
     """
-    if not ridge > 0:
-        raise ValueError(f"ridge must be positive, got {ridge!r}")
     labels = _check_labels(labels)
     classes = int(labels.max()) + 1 if labels.numel() else 1  # labels are small: one read per call
-    pending = []
-    for matrix in features:
-        x, y = _rows(matrix, labels)
-        if x.shape[0] < MIN_PROBE_ROWS:
-            pending.append((x.shape[0], None))
-            continue
-        try:
-            pending.append((x.shape[0], _device_probe(x, y, classes, ridge)))
-        except RuntimeError:
-            pending.append((x.shape[0], "failed"))
-    tensors = [item for _, item in pending if isinstance(item, torch.Tensor)]
+    pending = [probe_tensor(matrix, labels, classes, ridge=ridge) for matrix in features]
+    tensors = [item for item in pending if isinstance(item, torch.Tensor)]
     host = iter(torch.stack([t.cpu() for t in tensors]).tolist() if tensors else [])
-    return [_result(rows, item, host) for rows, item in pending]
+    return [probe_result(matrix.shape[0], item, next(host) if isinstance(item, torch.Tensor) else None)
+            for matrix, item in zip(features, pending)]  # fmt: skip
 
 
-def _result(rows: int, item: object, host) -> ProbeResult:
+def probe_tensor(
+    features: torch.Tensor, labels: torch.Tensor, classes: int, *, ridge: float = RIDGE
+) -> torch.Tensor | str:
+    """Enqueue one probe on the features' device, without a host synchronisation.
+
+    Args:
+        features: ``(n, p)`` float tensor, one row per example.
+        labels: ``(>= n,)`` integer class labels (cut to ``n``), any device.
+        classes: The number of classes ``C`` (labels are below it).
+        ridge: As for :func:`probe_accuracy`.
+
+    Returns:
+        ``[accuracy, finite]`` as a float64 tensor on the features' device (read it with
+        :func:`probe_result`), or the status ``few_rows`` or ``failed`` when there is nothing to read.
+
+    Raises:
+        ValueError: As for :func:`probe_accuracy`.
+    """
+    if not ridge > 0:
+        raise ValueError(f"ridge must be positive, got {ridge!r}")
+    x, y = _rows(features, _check_labels(labels))
+    if x.shape[0] < MIN_PROBE_ROWS:
+        return "few_rows"
+    try:
+        return _device_probe(x, y, classes, ridge)
+    except RuntimeError:
+        return "failed"
+
+
+def probe_result(rows: int, item: torch.Tensor | str, values: list[float] | None) -> ProbeResult:
+    """The :class:`ProbeResult` of a :func:`probe_tensor` on ``rows`` rows, ``values`` its host copy."""
     fit, scored = (rows + 1) // 2, rows // 2
-    if item is None:
-        return ProbeResult(math.nan, "few_rows", fit, scored)
     if isinstance(item, str):
         return ProbeResult(math.nan, item, fit, scored)
-    accuracy, finite = next(host)
+    accuracy, finite = values  # type: ignore[misc]
     if finite < 1:
         return ProbeResult(math.nan, "nonfinite", fit, scored)
-    return ProbeResult(accuracy, "ok", fit, scored)
+    return ProbeResult(float(accuracy), "ok", fit, scored)
 
 
 def split(rows: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -50,9 +50,10 @@ CLASSES_SCHEMA: pa.Schema = _schema("classes", [
     ("nc1", pa.float64()), ("radius", pa.float64()), ("dimension", pa.float64()),
     ("center_alignment", pa.float64()), ("axes_alignment", pa.float64()),
     ("ncc_accuracy", pa.float64()), ("rows", pa.int64()), ("status", pa.string()),
-    ("wall_time", pa.float64()),
+    ("wall_time", pa.float64()), ("source", pa.string()),
 ])  # fmt: skip
-"""Class geometry of the activations: one row per (step, layer); ``space`` is ``activation``."""
+"""Class geometry of the activations: one row per (step, layer); ``space`` is ``activation``;
+``source`` says whose examples (``train``: the step's training forward, ``probe``: the probe batch)."""
 
 SCHEMAS: dict[str, pa.Schema] = {
     "metrics": METRICS_SCHEMA, "events": EVENTS_SCHEMA, "similarity": SIMILARITY_SCHEMA,
@@ -69,7 +70,7 @@ TABLE_SORT_KEYS: dict[str, tuple[str, ...]] = {
 # Columns added after schema version 1 first shipped: parts written before them read them as null.
 # ``rank`` is the global rank of the process that wrote the row in a torch.distributed job (null
 # otherwise); ``grad_norm`` and ``probe_accuracy`` are opt-in measurements; ``source`` says where
-# activation rows came from (``train`` or ``probe``); ``condensation`` and ``directions`` are
+# activation rows and class rows came from (``train`` or ``probe``); ``condensation`` and ``directions`` are
 # written with ``Tracker(condensation=True)``.
 ADDED_COLUMNS: frozenset[str] = frozenset(
     {"rank", "grad_norm", "probe_accuracy", "source", "condensation", "directions"}

@@ -2,8 +2,8 @@
 
 Everything here wires the pure stages together: :mod:`ndtracker.spectra` measures,
 :mod:`ndtracker.store` writes, :mod:`ndtracker.detect` watches. Users need only :class:`Tracker`;
-:class:`OnlineEvent` is what ``on_event`` receives, :class:`Probe` passes a probe batch with
-positional and keyword inputs together, :class:`Schedule` is a checked ``every``.
+:class:`OnlineEvent` is what ``on_event`` receives, :class:`Probe` passes a probe batch (its
+inputs, positional and keyword, and optionally its labels; also ``ndtracker.Probe``), :class:`Schedule` is a checked ``every``.
 """
 
 from __future__ import annotations

@@ -135,14 +135,14 @@ class Capturer:
             layer.capture = own_copy(self._matrix(layer, source), tensor)
             whole = index is not None or self._options.max_rows is None or batch <= self._options.max_rows
             layer.examples, layer.batch = (layer.capture, batch) if whole and batch else (None, 0)
-            if not self.examples and (self._options.similarity or self._options.probes):
+            if not self.examples and (self._options.similarity or self._options.linear_probes):
                 self._first_examples(layer, tensor, batch)  # uncentred, at most DEFAULT_ROWS
             return
         layer.capture = own_copy(self._matrix(layer, tensor), tensor)
         if self.examples:
             layer.examples = example_matrix(tensor, channels_first=layer.channels_first, index=index)
             layer.batch = batch
-        elif self._options.similarity or self._options.probes:
+        elif self._options.similarity or self._options.linear_probes:
             self._first_examples(layer, tensor, batch)
 
     def _first_examples(self, layer: TrackedLayer, tensor: torch.Tensor, batch: int) -> None:

@@ -92,6 +92,12 @@ class NullWriter:
     def append_events(self, rows: Any) -> None:
         pass
 
+    def append_similarity(self, rows: Any) -> None:
+        pass
+
+    def append_classes(self, rows: Any) -> None:
+        pass
+
     def flush(self) -> None:
         pass
 
@@ -121,6 +127,25 @@ class Parallel:
     def info(self) -> dict[str, Any]:
         """The job and options, for ``run.json``."""
         return {**self.layout.info(), "ranks": self.ranks, "activations": self.activations}
+
+    def raise_together(self, error: BaseException | None, what: str) -> None:
+        """Raise on every rank when a check failed on any: ``error`` here, or the first failed rank's.
+
+        A check that raised on one rank only would leave the others waiting in the next
+        collective; one ``all_gather_object`` (at construction) lets them all raise instead.
+
+        Raises:
+            Exception: ``error`` on the rank where it happened; ValueError naming the rank and
+                its message on the others.
+        """
+        found: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(found, None if error is None else f"{type(error).__name__}: {error}")
+        if error is not None:
+            raise error
+        failed = [(rank, text) for rank, text in enumerate(found) if text is not None]
+        if failed:
+            rank, text = failed[0]
+            raise ValueError(f"{what}: the check failed on rank {rank} ({text}); every rank raises")
 
     def capture_options(self, options: Options) -> Options:
         """Global activations are captured uncentred: they are centred with the global mean."""

@@ -14,6 +14,7 @@ import bisect
 import inspect
 import logging
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -22,6 +23,7 @@ from ndtracker import detect
 from ndtracker.detect import Jump
 
 Warn = Callable[[str, str, str], None]
+log = logging.getLogger("ndtracker")
 
 METRIC = "stable_rank"  # the series the online detector watches
 BASE_STRIDE = 512  # values between two recomputations (OnlineDetector's default, 8 * max_window)
@@ -218,3 +220,44 @@ def describe_event(event: dict[str, Any]) -> str:
 def log_level(event: dict[str, Any]) -> int:
     """WARNING for a collapse phase, INFO for every other event."""
     return logging.WARNING if event.get("kind") == "phase" and event.get("phase") == "collapse" else logging.INFO
+
+
+class EventEmitter:
+    """Log, write and hand each online event to ``on_event``, on the training thread.
+
+    Args:
+        writer: The run's writer (``append_events``).
+        on_event: The user's callable, or None.
+        warn: ``warn(layer, space, message)``, the Tracker's warn-once.
+    """
+
+    def __init__(self, writer: Any, on_event: Callable[[OnlineEvent], Any] | None, warn: Warn) -> None:
+        self._writer, self._on_event, self._warn = writer, on_event, warn
+
+    def emit(self, events: list[dict[str, Any]]) -> None:
+        """Log, write and hand over ``events`` now; never raises."""
+        if not events:
+            return
+        now = time.time()
+        for event in events:
+            event.setdefault("wall_time", now)
+            log.log(log_level(event), "%s", describe_event(event))
+        try:
+            self._writer.append_events(events)
+        except Exception as error:
+            self._warn("*", "events", f"could not log events: {error!r}")
+        for event in events if self._on_event is not None else []:
+            self._call(OnlineEvent.from_row(event))
+
+    def _call(self, event: OnlineEvent) -> None:
+        try:
+            self._on_event(event)  # type: ignore[misc]
+        except Exception as error:  # the user's callable never stops training either
+            self._warn("*", "on_event", f"on_event raised {error!r} (further errors are not reported)")
+
+
+def check_on_event(on_event: Any) -> Callable[[OnlineEvent], Any] | None:
+    """``on_event``: a callable or None."""
+    if on_event is not None and not callable(on_event):
+        raise TypeError(f"on_event must be a callable taking an OnlineEvent, or None, got {on_event!r}")
+    return on_event

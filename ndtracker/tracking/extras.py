@@ -1,19 +1,21 @@
-"""The opt-in measurements of a sample: weight-gradient norms, linear probes, layer similarity.
+"""The opt-in measurements of a sample: weight-gradient norms and layer similarity.
 
 Each is off by default and costs nothing then: no hook, no copy, no branch on a non-sampled step.
 
 - ``gradients=True``: on steps whose weights are measured, a post-accumulate-grad hook on each
   tracked layer's weight keeps the Frobenius norm of its gradient (a 0-d tensor on the weight's
   device, no host sync) each time a backward accumulates into it; the last one, the gradient the
-  optimizer sees, is read after the sample's measurement and logged as ``grad_norm`` of the
-  weight rows. So a ``zero_grad()`` before :meth:`Tracker.step` loses nothing. The hooks are
+  optimizer sees, stays on the device until the sample's read-back after its spectra (one
+  transfer with the class geometry and probes, :mod:`~ndtracker.tracking.geometry`) and is
+  logged as ``grad_norm`` of the weight rows. So a ``zero_grad()`` before :meth:`Tracker.step` loses nothing. The hooks are
   installed when the step before ends and removed when the sample is measured.
-- ``similarity=True`` / ``probes=True``: the training forward also keeps, per layer, the first
-  :data:`~ndtracker.spectra.similarity.DEFAULT_ROWS` examples as one row each
-  (:func:`~ndtracker.spectra.similarity.example_matrix`: convolutions pooled per example), the
-  same rows for every layer. Similarity logs the linear CKA of every pair of layers as the
-  ``similarity`` table; probes log each layer's linear-probe accuracy against the labels passed
-  to :meth:`Tracker.step` as ``probe_accuracy`` of the activation rows.
+- ``similarity=True`` / ``linear_probes=True``: the sample's forward (the training forward, or
+  the probe batch's) also keeps, per layer, its examples as one row each (the first
+  :data:`~ndtracker.spectra.similarity.DEFAULT_ROWS` until labels are expected, then the class
+  geometry's rows; convolutions pooled per example), the same rows for every layer. Similarity
+  logs the linear CKA of every pair of layers as the ``similarity`` table, from the rows taken
+  (:func:`kept_examples`) before the sample's captures are dropped; the linear probes are
+  enqueued with the class geometry (:mod:`~ndtracker.tracking.geometry`).
 """
 
 from __future__ import annotations
@@ -23,14 +25,13 @@ from typing import Any
 
 import torch
 
-from ndtracker.spectra.probes import probe_accuracies
 from ndtracker.spectra.similarity import cka_matrix
 from ndtracker.tracking.layers import TrackedLayer
 
 Warn = Callable[[str, str, str], None]
 
 NO_LABELS = (
-    "probes=True but step() got no labels on a sampled step; pass tracker.step(loss=..., labels=y) "
+    "linear_probes=True but step() got no labels on a sampled step; pass tracker.step(loss=..., labels=y) "
     "with the batch's class labels (probe_accuracy is null until then)"
 )
 
@@ -64,11 +65,11 @@ class GradientNorms:
                 self._norms[key] = torch.linalg.vector_norm(parameter.grad.detach()).float()
         return keep_norm
 
-    def take(self) -> dict[str, float]:
-        """Each layer's last gradient norm (read to the host, one transfer per device), then disarm."""
+    def take(self) -> list[tuple[list[str], torch.Tensor]]:
+        """Each weight's last gradient norm (a 0-d tensor left on its device) and the layers it
+        belongs to; then disarm."""
         try:
-            values = _to_floats(list(self._norms.values()))
-            return {name: value for key, value in zip(self._norms, values) for name in self._owners[key]}
+            return [(list(self._owners[key]), norm) for key, norm in self._norms.items()]
         finally:
             self.disarm()
 
@@ -81,38 +82,22 @@ class GradientNorms:
         self._owners.clear()
 
 
-def _to_floats(tensors: list[torch.Tensor]) -> list[float]:
-    by_device: dict[torch.device, list[int]] = {}
-    for index, tensor in enumerate(tensors):
-        by_device.setdefault(tensor.device, []).append(index)
-    out = [0.0] * len(tensors)
-    for indices in by_device.values():
-        for index, value in zip(indices, torch.stack([tensors[i] for i in indices]).cpu().tolist()):
-            out[index] = float(value)
-    return out
+def kept_examples(layers: list[TrackedLayer]) -> list[tuple[str, torch.Tensor]]:
+    """Each layer's example rows of the sample in progress, kept past the drop of its captures."""
+    return [(layer.name, layer.examples) for layer in layers if layer.examples is not None]
 
 
-def probe_cells(layers: list[TrackedLayer], labels: Any) -> dict[str, float | None]:
-    """Each layer's linear-probe accuracy on its kept examples (None where not ``ok``)."""
-    kept = [layer for layer in layers if layer.examples is not None]
-    if not kept:
-        return {}
-    results = probe_accuracies([layer.examples for layer in kept], torch.as_tensor(labels).detach().flatten())
-    return {layer.name: (r.accuracy if r.status == "ok" else None) for layer, r in zip(kept, results)}
-
-
-def similarity_rows(step: int, layers: list[TrackedLayer], now: float) -> list[dict[str, Any]]:
+def similarity_rows(step: int, kept: list[tuple[str, torch.Tensor]], now: float) -> list[dict[str, Any]]:
     """The ``similarity`` table's rows of one sample: every pair ``a <= b`` in model order."""
-    kept = [layer for layer in layers if layer.examples is not None]
     if not kept:
         return []
-    result = cka_matrix([layer.examples for layer in kept])
+    result = cka_matrix([examples for _, examples in kept])
     rows = []
-    for a, first in enumerate(kept):
+    for a, (first, _) in enumerate(kept):
         for b in range(a, len(kept)):
             status = result.pair_status(a, b)
             rows.append({
-                "step": step, "layer_a": first.name, "layer_b": kept[b].name, "space": "activation",
+                "step": step, "layer_a": first, "layer_b": kept[b][0], "space": "activation",
                 "cka": float(result.cka[a, b]) if status == "ok" else None, "rows": result.rows,
                 "status": status, "wall_time": now,
             })  # fmt: skip
@@ -124,7 +109,7 @@ class Extras:
 
     Args:
         layers: The tracked layers (their ``examples`` hold the kept rows).
-        options: The Tracker's options (``gradients``, ``similarity``, ``probes`` are read).
+        options: The Tracker's options (``gradients`` and ``similarity`` are read).
         warn: The Tracker's warn-once.
     """
 
@@ -142,25 +127,19 @@ class Extras:
         if self._gradients is not None:
             self._gradients.disarm()
 
-    def finish(self, step: int, labels: Any, now: float) -> tuple[dict[tuple[str, str], dict], list[dict]]:
-        """The sample's extra cells per (layer, space) and its similarity rows; never raises."""
-        cells: dict[tuple[str, str], dict[str, Any]] = {}
-        if self._gradients is not None:
-            for name, norm in self._guarded("gradients", self._gradients.take, {}).items():
-                cells[(name, "weight")] = {"grad_norm": norm}
-        if self._options.probes:
-            if labels is None:
-                self._warn("*", "probes", NO_LABELS)
-            else:
-                found = self._guarded("probes", lambda: probe_cells(self._layers, labels), {})
-                for name, accuracy in found.items():
-                    cells[(name, "activation")] = {"probe_accuracy": accuracy}
-        rows: list[dict[str, Any]] = []
-        if self._options.similarity:
-            rows = self._guarded("similarity", lambda: similarity_rows(step, self._layers, now), [])
-        return cells, rows
+    def gradients(self) -> list[tuple[list[str], torch.Tensor]]:
+        """The gradient norms of the sample that ends (left on the device), then disarm; never raises."""
+        if self._gradients is None:
+            return []
+        return self.guarded("gradients", self._gradients.take, [])
 
-    def _guarded(self, what: str, compute: Callable[[], Any], default: Any) -> Any:
+    def similarity(self, step: int, kept: list[tuple[str, torch.Tensor]], now: float) -> list[dict[str, Any]]:
+        """The sample's ``similarity`` rows from its kept examples ([] unless asked); never raises."""
+        if not self._options.similarity:
+            return []
+        return self.guarded("similarity", lambda: similarity_rows(step, kept, now), [])
+
+    def guarded(self, what: str, compute: Callable[[], Any], default: Any) -> Any:
         try:
             return compute()
         except Exception as error:  # a monitor never stops training

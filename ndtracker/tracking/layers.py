@@ -46,7 +46,7 @@ class TrackedLayer:
             capture, taken with ``track_eval``, gives way to a later training forward).
         examples: The same forward's output as one row per example, or None: for the class
             geometry (with labels) the activations' rows (the shared example index), else, for
-            ``similarity`` or ``probes``, the first examples (see
+            ``similarity`` or ``linear_probes``, the first examples (see
             :func:`ndtracker.spectra.similarity.example_matrix`); ``batch`` is its batch size
             before any row subsample (0 when the rows are not the whole batch's).
     """

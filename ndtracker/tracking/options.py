@@ -41,7 +41,7 @@ class Options:
     seed: int
     gradients: bool = False
     similarity: bool = False
-    probes: bool = False
+    linear_probes: bool = False
     condensation: bool = False
 
     def weights_at(self, step: int) -> bool:
@@ -65,15 +65,15 @@ def check_options(model: nn.Module, **given: Any) -> Options:
         model: The model as the user passed it (a compiled one picks permanent hooks).
         **given: ``every``, ``weight_every``, ``metrics``, ``spaces``, ``estimator``, ``conv``,
             ``hooks``, ``max_rows``, ``center``, ``track_eval``, ``output_key`` and ``seed``, as
-            passed to the Tracker, and optionally ``gradients``, ``similarity``, ``probes`` and
-            ``condensation``.
+            passed to the Tracker, and optionally ``gradients``, ``similarity``,
+            ``linear_probes`` and ``condensation``.
 
     Returns:
         The checked :class:`Options`.
 
     Raises:
         ValueError: If an option is out of range or an unknown choice.
-        TypeError: If ``gradients``, ``similarity`` or ``probes`` is not a bool.
+        TypeError: If ``gradients``, ``similarity``, ``linear_probes`` or ``condensation`` is not a bool.
     """
     every = check_schedule("every", given["every"])
     metrics = frozenset(check_metrics(given["metrics"]))
@@ -93,7 +93,7 @@ def check_options(model: nn.Module, **given: Any) -> Options:
         output_key=given["output_key"],
         seed=int(given["seed"]),
         **{name: boolean(name, given.get(name, False))
-           for name in ("gradients", "similarity", "probes", "condensation")},  # fmt: skip
+           for name in ("gradients", "similarity", "linear_probes", "condensation")},  # fmt: skip
     )
     check_extras(options)
     return options
@@ -101,7 +101,7 @@ def check_options(model: nn.Module, **given: Any) -> Options:
 
 def check_extras(options: Options) -> None:
     """Refuse an opt-in measurement whose space is not measured."""
-    for name, space in (("similarity", "activation"), ("probes", "activation"), ("gradients", "weight")):
+    for name, space in (("similarity", "activation"), ("linear_probes", "activation"), ("gradients", "weight")):
         if getattr(options, name) and space not in options.spaces:
             raise ValueError(f"{name}=True needs the {space} space, got spaces={options.spaces!r}; "
                              f"add {space!r} to spaces or drop {name}=True")  # fmt: skip
@@ -168,3 +168,22 @@ def check_estimator_metrics(estimator: str, metrics: frozenset[str]) -> None:
             f"estimator='randomized' gives stable_rank and participation_ratio only, got metrics "
             f"{sorted(metrics)}; use estimator='auto' or 'exact' for effective_rank and energy90"
         )
+
+
+RENAMED: dict[str, str] = {"probes": "linear_probes"}
+"""Options renamed before the first release: old name -> new name."""
+
+
+def check_unknown(unknown: dict[str, Any]) -> None:
+    """Refuse keyword arguments the Tracker does not take, naming a renamed option's new name.
+
+    Raises:
+        TypeError: If ``unknown`` is not empty.
+    """
+    for name, value in unknown.items():
+        if name in RENAMED:
+            new = RENAMED[name]
+            raise TypeError(f"Tracker({name}={value!r}): the option was renamed {new}= (so that it does not "
+                            f"clash with probe=, the probe batch); pass {new}={value!r}")  # fmt: skip
+    if unknown:
+        raise TypeError(f"Tracker() got unexpected keyword arguments {sorted(unknown)}")

@@ -18,7 +18,7 @@ from typing import Any
 from ndtracker.tracking.capture import Capturer
 from ndtracker.tracking.layers import TrackedLayer, warn_unmeasured
 from ndtracker.tracking.options import Options
-from ndtracker.tracking.probe import FORMS, ProbeRunner
+from ndtracker.tracking.probe import FORMS, Probe, ProbeRunner, as_probe
 from ndtracker.tracking.sample import NOT_REACHED, Batch, activation_jobs, log_row, measure_jobs, weight_jobs
 from ndtracker.vocabulary import SPACES
 
@@ -38,13 +38,17 @@ class Sampler:
         capturer: The hooks, armed here for the forwards to capture.
         probe: Runs the probe batch, or None to measure the training forward.
         warn: ``warn(layer, space, message)``, the Tracker's warn-once.
+        parallel: Measures over a torch.distributed job, or None.
+        on_probe: Called with the step after each probe forward that ran, while the layers still
+            hold its captures and example rows (before they are measured); must not raise.
     """
 
     def __init__(
         self, layers: list[TrackedLayer], options: Options, capturer: Capturer, probe: ProbeRunner | None,
-        warn: Warn, parallel: Any = None,
+        warn: Warn, parallel: Any = None, on_probe: Callable[[int], None] | None = None,
     ) -> None:  # fmt: skip
         self._layers, self._options, self._capturer, self._probe, self._warn = layers, options, capturer, probe, warn
+        self._on_probe = on_probe
         self._parallel = parallel  # measures over a torch.distributed job, or None
         self._watch_training = "activation" in options.spaces and probe is None
         self._order = {(layer.name, space): (i, j) for i, layer in enumerate(layers) for j, space in enumerate(SPACES)}
@@ -84,7 +88,10 @@ class Sampler:
         """What describes the start of ``step``: the probe's activations and the weights."""
         probed = False
         if self._probe is not None:  # (a probe implies activations: checked at construction)
-            probed = self._run_probe() or self._parallel is not None  # every rank, the same collectives
+            ran = self._run_probe()
+            if ran and self._on_probe is not None:
+                self._on_probe(step)  # the probe's labelled read-backs, from the same captures
+            probed = ran or self._parallel is not None  # every rank, the same collectives
         weights = self._options.weights_at(step)
         if weights:
             warn_unmeasured(self._layers, self._warn)  # a replaced module or a complex weight: say why
@@ -148,6 +155,43 @@ class Sampler:
     def _take_pending(self, step: int) -> list[Row]:
         pending, self._pending = self._pending, None
         return pending[1] if pending is not None and pending[0] == step else []
+
+
+def checked_probe(
+    model: Any, probe: Any, capturer: Capturer, layers: list[TrackedLayer], options: Options, parallel: Any
+) -> ProbeRunner | None:
+    """The ``probe=`` option's runner, checked (None without a probe).
+
+    In a torch.distributed job every rank checks its own probe, and if one fails all raise (the
+    others would otherwise wait for it in the writer's broadcast).
+
+    Raises:
+        ValueError: As :func:`~ndtracker.tracking.probe.as_probe` and :func:`check_probe`, or
+            ``linear_probes=True`` with a probe without labels; on every rank when one failed.
+    """
+    error, runner = None, None
+    try:
+        runner = _probe_runner(model, as_probe(probe), capturer, layers, options)
+    except Exception as caught:
+        error = caught
+    if parallel is not None:
+        parallel.raise_together(error, "probe")
+    if error is not None:
+        raise error
+    return runner
+
+
+def _probe_runner(
+    model: Any, probe: Probe | None, capturer: Capturer, layers: list[TrackedLayer], options: Options
+) -> ProbeRunner | None:
+    if probe is None:
+        return None
+    if options.linear_probes and probe.labels is None:
+        raise ValueError("linear_probes=True with probe= needs the probe's labels: pass probe=(inputs, labels) "
+                         "or ndtracker.Probe(args=..., labels=y)")  # fmt: skip
+    runner = ProbeRunner(model, probe)
+    check_probe(runner, capturer, layers, options)
+    return runner
 
 
 def check_probe(runner: ProbeRunner, capturer: Capturer, layers: list[TrackedLayer], options: Options) -> None:

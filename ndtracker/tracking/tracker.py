@@ -2,18 +2,17 @@
 
 Options are checked in :mod:`~ndtracker.tracking.options`, layers chosen in
 :mod:`~ndtracker.tracking.layers`, hooks and captures handled in :mod:`~ndtracker.tracking.capture`,
-a sample measured into rows in :mod:`~ndtracker.tracking.sample` (the math in
-:mod:`ndtracker.spectra`), the rows written by :mod:`ndtracker.store` and watched by the online
-detectors of :mod:`~ndtracker.tracking.events`.
-This module holds the step counter, the warn-once policy and the order of things.
+a sampled step's turn (measure, read back, log) run by :mod:`~ndtracker.tracking.turn`, a sample
+measured into rows in :mod:`~ndtracker.tracking.sample` (the math in :mod:`ndtracker.spectra`),
+the run opened in :mod:`~ndtracker.tracking.opening`, the rows written by :mod:`ndtracker.store`
+and watched by the online detectors of :mod:`~ndtracker.tracking.events`. This module holds the public API, the construction, the step
+counter and the warn-once policy.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
-import time
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
@@ -21,25 +20,21 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from ndtracker import store
 from ndtracker.checks import boolean, non_negative_int, optional_positive_int, positive_int, positive_seconds
-from ndtracker.tracking import distributed, geometry
+from ndtracker.tracking import distributed
 from ndtracker.tracking.capture import Capturer
-from ndtracker.tracking.extras import Extras
+from ndtracker.tracking.events import EventEmitter, OnlineEvent, SeriesDetectors, check_on_event, detector_factory
 from ndtracker.tracking.layers import DEFAULT_MAX_LAYERS, LayerSpec, recompile_with_hooks, select_layers, unwrapped
-from ndtracker.tracking.sample import loss_value
-from ndtracker.tracking.sampler import Sampler, check_probe
-from ndtracker.tracking.options import DEFAULT_MAX_BUFFER_ROWS, check_options
+from ndtracker.tracking.options import DEFAULT_MAX_BUFFER_ROWS, check_options, check_unknown
+from ndtracker.tracking.opening import open_writer, run_info
+from ndtracker.tracking.probe import ProbeSpec
+from ndtracker.tracking.sampler import checked_probe
 from ndtracker.tracking.sinks import Sink, SinkFanout
-from ndtracker.tracking.events import OnlineEvent, SeriesDetectors, describe_event, detector_factory, log_level
-from ndtracker.tracking.probe import ProbeRunner, ProbeSpec, as_probe
 from ndtracker.tracking.schedule import EverySpec
-from ndtracker.version import __version__
+from ndtracker.tracking.turn import Turns
 from ndtracker.vocabulary import SPACES
 
 __all__ = ["Tracker"]
-
-log = logging.getLogger("ndtracker")
 
 Space = Literal["activation", "weight"]
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -85,6 +80,9 @@ class Tracker:
     it begins, and its training activations in another when it ends; the two share one batch and
     one transfer when both fall in the same :meth:`step` call (``every=1``), and with a probe the
     end has nothing left to measure. A probe adds one forward of the probe batch per sample.
+    The class geometry, linear probes, condensation and gradient norms of a sample are enqueued
+    on the device before its spectra and read back together after them (one more transfer per
+    device, after the spectra's synchronisation).
 
     Memory: the tracker keeps no reference to a layer's output. On a sampled step it holds, per
     layer, a float32 copy of at most ``max_rows`` rows of the output (so at most
@@ -120,8 +118,10 @@ class Tracker:
                                         columns), ``failed`` (the decomposition raised)
     ``grad_norm``            float64    weight rows, with ``gradients=True``: Frobenius norm of the
                                         weight's gradient as the optimizer saw it; else null
-    ``probe_accuracy``       float64    activation rows, with ``probes=True`` and ``labels``:
-                                        linear-probe accuracy (:mod:`ndtracker.spectra.probes`)
+    ``probe_accuracy``       float64    activation rows, with ``linear_probes=True`` and labels
+                                        (the probe batch's, or else ``step(labels=...)``):
+                                        linear-probe accuracy on the rows' own examples
+                                        (:mod:`ndtracker.spectra.probes`); else null
     ``source``               string     activation rows: ``train`` (the step's first training
                                         forward) or ``probe`` (the probe batch); null for weights
     ``condensation``         float64    weight rows with ``condensation=True``: fraction of neuron
@@ -131,12 +131,14 @@ class Tracker:
                                         of the neurons' cosine matrix (distinct directions)
     =======================  =========  ===========================================================
 
-    Class geometry (``step(loss=..., labels=y)``): on sampled steps with labels, one row per layer
-    in the ``classes`` table (``ndtracker.load(log_dir, table="classes")``): ``classes`` and
-    ``skipped_classes`` (fewer than two rows), ``nc1``, ``radius``, ``dimension``,
-    ``center_alignment``, ``axes_alignment``, ``ncc_accuracy`` (defined in
-    :mod:`ndtracker.spectra.classes`), ``rows`` and ``status`` (``ok``, ``few_classes``,
-    ``nonfinite``, ``zero``, ``mismatch``). Rows are examples: a sequence output is averaged over
+    Class geometry (a labelled ``probe=(x, y)``, or without a probe ``step(loss=..., labels=y)``):
+    on sampled steps with labels, one row per layer in the ``classes`` table
+    (``ndtracker.load(log_dir, table="classes")``): ``classes`` and ``skipped_classes`` (fewer
+    than two rows), ``nc1``, ``radius``, ``dimension``, ``center_alignment``, ``axes_alignment``,
+    ``ncc_accuracy`` (defined in :mod:`ndtracker.spectra.classes`), ``rows``, ``status`` (``ok``,
+    ``few_classes``, ``nonfinite``, ``zero``, ``mismatch``) and ``source`` (``probe``: the probe
+    batch, measured when the step begins, on the weights its forward used; ``train``: the step's
+    training forward). Rows are examples: a sequence output is averaged over
     its tokens, a convolution output over its positions; above ``max_rows`` examples, the
     activations and the labels keep the same examples. Sequence and convolution outputs are
     pooled from the first sample after labels were first passed (the first labelled sample has
@@ -198,20 +200,27 @@ class Tracker:
             steps, so a ``zero_grad()`` before :meth:`step` is fine.
         similarity: Log the linear CKA of every pair of tracked layers on the first 512 examples
             of each sampled forward (default False; convolutions pooled per example).
-        probes: Log each layer's linear-probe accuracy against ``step(labels=...)`` as
-            ``probe_accuracy`` (default False): a closed-form ridge classifier fitted on half of
-            the first 512 examples and scored on the other half. (Not to be confused with
-            ``probe``, the fixed probe batch; the two do not combine yet.)
+        linear_probes: Log each layer's linear-probe accuracy as ``probe_accuracy`` (default
+            False): a closed-form ridge classifier fitted on a fixed half of the examples and
+            scored on the other half, on the probe batch with its labels (``probe=(x, y)``), or
+            without a probe on the training forward's examples (the first 512 until labels are
+            first passed) against ``step(labels=...)``. (Formerly ``probes=``; not to be confused
+            with ``probe``, the probe batch.)
         probe: A fixed batch measured instead of the training batch: a tensor ``x``
-            (``model(x)``), a tuple of positional inputs (``model(*probe)``), a dict of keyword
-            inputs (``model(**probe)``) or a :class:`~ndtracker.tracking.Probe` ``(args, kwargs)``
-            for both; inputs only, no labels. It runs once per sample, when the step begins,
+            (``model(x)``), a dict of keyword inputs (``model(**probe)``), an ``(inputs, labels)``
+            pair as a data loader yields it (a tuple or two-item list; ``inputs`` a tensor, a
+            dict or a tuple of positional inputs; ``labels`` one integer class index per
+            example), or :class:`ndtracker.Probe` ``(args=..., kwargs=..., labels=...)``, the
+            general form; several positional inputs are ``Probe(args=(x1, x2))`` (a tuple is
+            always ``(inputs, labels)``). With labels, the class geometry and, with
+            ``linear_probes=True``, the linear probes are measured on the probe batch too
+            (``step(labels=...)`` is then not used). It runs once per sample, when the step begins,
             under ``torch.no_grad()`` with every module in eval mode (each module's training flag
             restored exactly), moved to the model's device and floating-point dtype; and once at
             construction, to check the model takes it. Prefer it for low-noise curves: with the
             training batch, an activation curve's wiggles (and the jumps and phases found in them)
-            are partly batch noise. Costs one forward of the probe batch per sample. Not with
-            ``similarity`` or ``probes`` (they read the training forward).
+            are partly batch noise. Costs one forward of the probe batch per sample. With
+            ``similarity=True`` the probe's examples are compared.
         on_event: Called with each online jump and phase change as an
             :class:`~ndtracker.tracking.OnlineEvent`, from :meth:`step` on the training thread,
             as soon as the detector reports it (and from :meth:`close` for those it held back).
@@ -247,11 +256,14 @@ class Tracker:
 
     Raises:
         TypeError: If ``model`` is not an ``nn.Module``, ``on_event`` is not callable, an option
-            has the wrong type or a sink lacks ``write``/``close``.
+            has the wrong type or is unknown (``probes=``, renamed ``linear_probes=``, names its
+            new name) or a sink lacks ``write``/``close``.
         ValueError: If an option is out of range, ``every`` is not a valid schedule, a ``layers``
-            entry matches nothing, there is no trackable layer, the model cannot take ``probe``,
-            it reaches no tracked layer or gives one a single row, or ``log_dir`` is a file or not
-            writable.
+            entry matches nothing, there is no trackable layer, ``probe`` is not one of its forms
+            or its labels are not one class index per example, the model cannot take ``probe``,
+            it reaches no tracked layer or gives one a single row, ``linear_probes=True`` comes
+            with an unlabelled probe, or ``log_dir`` is a file or not writable. In a
+            torch.distributed job a probe that fails its check on one rank raises on every rank.
 
     Example:
         >>> import torch, tempfile
@@ -285,7 +297,7 @@ class Tracker:
         detect: bool = True,
         gradients: bool = False,
         similarity: bool = False,
-        probes: bool = False,
+        linear_probes: bool = False,
         probe: ProbeSpec | None = None,
         on_event: Callable[[OnlineEvent], Any] | None = None,
         start_step: int = 0,
@@ -296,15 +308,17 @@ class Tracker:
         ranks: int | Literal["all"] = 0,
         activations: Literal["global", "local"] = "global",
         condensation: bool = False,
+        **unknown: Any,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        check_unknown(unknown)
         self._model = unwrapped(model)
         self._options = check_options(
             model, every=every, weight_every=weight_every, metrics=metrics, spaces=spaces,
             estimator=estimator, conv=conv, hooks=hooks, max_rows=max_rows, center=center,
             track_eval=track_eval, output_key=output_key, seed=seed, gradients=gradients,
-            similarity=similarity, probes=probes, condensation=condensation,
+            similarity=similarity, linear_probes=linear_probes, condensation=condensation,
         )  # fmt: skip
         self._parallel = distributed.setup(model, ranks, activations)
         self._step = non_negative_int("start_step", start_step)
@@ -317,24 +331,25 @@ class Tracker:
         self._sinks = SinkFanout(sinks)
         self._closed = False
         self._warned: set[tuple[str, str]] = set()
-        self._on_event = _check_on_event(on_event)
-        self._detectors = SeriesDetectors(detector_factory(boolean("detect", detect)), self._warn_once)
-        probe = as_probe(probe)
+        on_event = check_on_event(on_event)
+        detectors = SeriesDetectors(detector_factory(boolean("detect", detect)), self._warn_once)
         capturing = self._options if self._parallel is None else self._parallel.capture_options(self._options)
         self._capturer = Capturer(self._model, self._layers, capturing, self._warn_once)
-        self._extras = Extras(self._layers, self._options, self._warn_once)
         try:
-            runner = self._check_probe(probe)
-            self._writer = _open_writer(log_dir, self._run_info(writing, runner), writing, self._parallel)
+            runner = checked_probe(self._model, probe, self._capturer, self._layers, self._options, self._parallel)
+            info = run_info(self._model, self._options, writing, self._layers, runner, self._parallel)
+            self._writer = open_writer(log_dir, info, writing, self._parallel)
         except BaseException:  # permanent hooks are installed already
             self._capturer.remove()
             raise
         recompile_with_hooks(model, _warn_at_user)
-        self._sampler = Sampler(self._layers, self._options, self._capturer, runner, self._warn_once, self._parallel)
-        self._condensed: tuple[int, dict[str, tuple[float, float]]] | None = None  # step, cells
+        self._events = EventEmitter(self._writer, on_event, self._warn_once)
+        outputs = (self._writer, self._sinks, detectors, self._events)
+        self._turns = Turns(self._layers, self._options, self._capturer, runner, self._parallel, outputs, self._warn_once)
+        self._detectors = detectors
         self._next_sample = self._options.every.next_sampled(self._step)
         if self._step == self._next_sample:
-            self._turn(None, self._step)  # the first step's weights (and probe): the initial ones
+            self._turns.turn(None, self._step)  # the first step's weights (and probe): the initial ones
 
     # ---------------------------------------------------------------------------------- public
 
@@ -374,22 +389,22 @@ class Tracker:
                 per example: a 1-D tensor, array or list; the first micro-batch's, whose forward
                 was captured), or None. Read only on sampled steps (labels on a GPU cost one more
                 synchronisation there). They give the ``classes`` table (see the class geometry in
-                the class docstring) and, with ``probes=True``, the linear probes.
+                the class docstring) and, with ``linear_probes=True``, the linear probes. Not used
+                with a ``probe`` (its own labels are: a warning says so once).
         """
-        if labels is not None:
-            self._capturer.examples = True  # from now on, sequence and conv outputs too
         if self._closed:
             self._warn_once("*", "closed", "step() after close() measures and logs nothing; build a new "
                             "Tracker (start_step= continues the step axis)")  # fmt: skip
             self._step += 1
             return
+        self._turns.note_labels(labels)
         ended = self._step if self._step == self._next_sample else None
         self._step += 1
         if ended is not None:
             self._next_sample = self._options.every.next_sampled(self._step)
         starting = self._step if self._step == self._next_sample else None
         if ended is not None or starting is not None:
-            self._turn(ended, starting, loss, labels)
+            self._turns.turn(ended, starting, loss, labels)
 
     def flush(self) -> None:
         """Write the rows logged so far to disk now (they are also written every ``flush_secs``).
@@ -403,11 +418,10 @@ class Tracker:
         if self._closed:
             return
         self._closed = True
-        self._sampler.drop()
+        self._turns.close()
         self._capturer.remove()
-        self._extras.disarm()
         try:
-            self._emit_events(self._detectors.finish())
+            self._events.emit(self._detectors.finish())
         except Exception as error:  # the logs must be closed whatever the detector does
             self._warn_once("*", "events", f"the online detector failed at close: {error!r}")
         finally:
@@ -433,85 +447,6 @@ class Tracker:
         """The resolved hook strategy, ``"sampled"`` or ``"permanent"``."""
         return self._options.hooks
 
-    def _turn(
-        self, ended: int | None, starting: int | None, loss: float | torch.Tensor | None = None, labels: Any = None
-    ) -> None:
-        """Log the sampled step that ended and measure the start of the sampled step that begins."""
-        now = time.time()
-        try:
-            extra, similarity, classes = ({}, [], [])
-            if ended is not None:  # before the sampler drops the step's captures and examples
-                try:
-                    classes = self._class_rows(ended, labels, now)
-                    extra, similarity = self._extras.finish(ended, self._kept_labels(labels), now)
-                finally:
-                    self._extras.disarm()
-            rows = self._sampler.turn(ended, starting)
-            condensed = self._take_condensed(ended)
-            if starting is not None and self._options.condensation and self._options.weights_at(starting):
-                self._condensed = (starting, self._geometry(starting, None, True)[1])  # the weights its forward uses
-            if classes:
-                self._writer.append_classes(classes)
-            if not rows:
-                return
-            loss = loss_value(loss, self._warn_once)  # read after the measurement's transfer: no extra GPU stall
-            rows = [
-                row | {"loss": loss, "wall_time": now} | extra.get((row["layer"], row["space"]), {})
-                | _condensation_cells(condensed, row["layer"], row["space"])
-                for row in rows
-            ]  # fmt: skip
-            self._writer.append(rows)
-            if similarity:
-                self._writer.append_similarity(similarity)
-            self._sinks.write(ended, rows)
-            self._emit_events(self._detectors.feed(rows))
-        except Exception as error:  # a monitor never stops training
-            self._warn_once("*", "*", f"sample of step {ended if ended is not None else starting} failed: {error!r}")
-        finally:
-            if starting is not None:
-                self._extras.arm(starting)  # gradient hooks for the step that begins
-
-    def _geometry(self, step: int, labels: Any, condense: bool) -> tuple[list[dict], dict[str, tuple[float, float]]]:
-        """The class-geometry rows (with ``labels``) and/or condensation cells of ``step``, now."""
-        pending = geometry.enqueue(
-            self._layers, geometry.host_labels(labels, self._warn_once), self._capturer.example_indices,
-            condense, step, self._warn_once,
-        )  # fmt: skip
-        return pending.finish(self._warn_once)
-
-    def _class_rows(self, step: int, labels: Any, now: float) -> list[dict]:
-        """The ``classes`` rows of the sampled step that ended (its training forward's examples)."""
-        if labels is None:
-            return []
-        classes, _ = self._geometry(step, labels, False)
-        return [row | {"step": step, "wall_time": now} for row in classes]
-
-    def _kept_labels(self, labels: Any) -> Any:
-        """The labels of the examples the layers kept (the class geometry's subsample, if any)."""
-        if labels is None or not self._capturer.example_indices:
-            return labels
-        tensor = torch.as_tensor(labels)
-        index = self._capturer.example_indices.get(tensor.shape[0]) if tensor.dim() else None
-        return tensor if index is None else tensor[index.to(tensor.device)]
-
-    def _take_condensed(self, step: int | None) -> dict[str, tuple[float, float]]:
-        """The condensation cells measured when ``step`` began (with its weight rows), if any."""
-        if step is None or self._condensed is None or self._condensed[0] != step:
-            return {}
-        condensed, self._condensed = self._condensed[1], None
-        return condensed
-
-    def _check_probe(self, probe: Any) -> ProbeRunner | None:
-        """The probe's runner, after one run that checks the model takes it (None without a probe)."""
-        if probe is None:
-            return None
-        if self._options.similarity or self._options.probes:
-            raise ValueError("probe= does not combine with similarity=True or probes=True yet (they read the "
-                             "training forward's examples); pass one or the other")  # fmt: skip
-        runner = ProbeRunner(self._model, probe)
-        check_probe(runner, self._capturer, self._layers, self._options)
-        return runner
-
     def _warn_once(self, layer: str, space: str, message: str) -> None:
         """Warn about a (layer, space) once per run; ``"*"`` stands for the whole tracker."""
         if (layer, space) in self._warned:
@@ -520,78 +455,6 @@ class Tracker:
         where = "ndtracker" if layer == "*" else f"ndtracker: layer {layer!r} ({space})"
         message = f"{where}: {message}; training continues"
         warnings.warn(message, RuntimeWarning, stacklevel=_user_stacklevel())
-
-    def _emit_events(self, events: list[dict[str, Any]]) -> None:
-        """Log, write and hand each event to ``on_event`` now, on the training thread."""
-        if not events:
-            return
-        now = time.time()
-        for event in events:
-            event.setdefault("wall_time", now)
-            log.log(log_level(event), "%s", describe_event(event))
-        try:
-            self._writer.append_events(events)
-        except Exception as error:
-            self._warn_once("*", "events", f"could not log events: {error!r}")
-        for event in events if self._on_event is not None else []:
-            self._call_on_event(OnlineEvent.from_row(event))
-
-    def _call_on_event(self, event: OnlineEvent) -> None:
-        try:
-            self._on_event(event)  # type: ignore[misc]
-        except Exception as error:  # the user's callable never stops training either
-            self._warn_once("*", "on_event", f"on_event raised {error!r} (further errors are not reported)")
-
-    def _run_info(self, writing: dict[str, Any], probe: ProbeRunner | None) -> dict[str, Any]:
-        options = {**self._options.as_dict(), **writing, "probe": None if probe is None else probe.describe()}
-        info = {
-            "model": type(self._model).__name__, "options": options,
-            "layers": [layer.info() for layer in self._layers],
-            "ndtracker_version": __version__, "torch_version": torch.__version__,
-        }  # fmt: skip
-        if self._parallel is not None:
-            info["distributed"] = self._parallel.info()
-        return info
-
-
-def _check_on_event(on_event: Any) -> Callable[[OnlineEvent], Any] | None:
-    if on_event is not None and not callable(on_event):
-        raise TypeError(f"on_event must be a callable taking an OnlineEvent, or None, got {on_event!r}")
-    return on_event
-
-
-def _condensation_cells(condensed: dict[str, tuple[float, float]], layer: str, space: str) -> dict[str, float]:
-    if space != "weight" or layer not in condensed:
-        return {}
-    return dict(zip(("condensation", "directions"), condensed[layer]))
-
-
-def _open_writer(
-    log_dir: str | os.PathLike | None, run_info: dict[str, Any], writing: dict[str, Any], parallel=None
-):
-    if log_dir is not None and not isinstance(log_dir, (str, os.PathLike)):
-        raise TypeError(f"log_dir must be a path (a str or os.PathLike) or None, got {log_dir!r}")
-    if log_dir is None:
-        log_dir = time.strftime("runs/ndtracker-%Y%m%d-%H%M%S")
-    if parallel is not None:  # one rank registers the run; the others join it or write nothing
-        amend = _resumed if writing["start_step"] > 0 else None
-        return parallel.open_writer(log_dir, run_info, writing, amend)
-    path = store.validate_log_dir(log_dir)
-    if writing["start_step"] > 0:
-        run_info = {**run_info, **_resumed(path)}
-    return store.RunWriter(
-        path, run_info=run_info, flush_secs=writing["flush_secs"],
-        max_buffer_rows=writing["max_buffer_rows"],
-    )  # fmt: skip
-
-
-def _resumed(path: os.PathLike) -> dict[str, str]:
-    """``{"resumes": <latest run id>}`` when ``path`` already holds a run (a resumed run continues it)."""
-    try:
-        runs = store.read_run_info(path)
-    except Exception:  # no run yet, or an unreadable run.json: nothing to link to
-        return {}
-    return {"resumes": str(runs[-1].get("run_id"))} if runs else {}
 
 
 def _warn_at_user(message: str) -> None:

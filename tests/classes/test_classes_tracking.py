@@ -155,7 +155,7 @@ def test_labels_feed_the_class_geometry_and_the_probes_on_the_same_examples(tmp_
     labels = torch.arange(40) % 4
     x = torch.randn(40, 12) + 3.0 * nn.functional.one_hot(labels, 12).float()
     batches = [(x, labels)] * 3
-    run(mlp(), batches, tmp_path, similarity=True, probes=True, max_rows=24, gradients=True)
+    run(mlp(), batches, tmp_path, similarity=True, linear_probes=True, max_rows=24, gradients=True)
     classes = ndtracker.load(tmp_path, table="classes")
     assert len(classes) and set(classes["status"]) == {"ok"}
     assert set(classes.loc[classes["step"] > 0, "rows"]) == {24}  # the activations' subsample, labels alike

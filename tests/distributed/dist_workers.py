@@ -8,6 +8,7 @@ each logged row with a float64 SVD of the full weight (``full_tensor()``) or of 
 from __future__ import annotations
 
 import json
+import re
 import warnings
 from pathlib import Path
 
@@ -333,7 +334,34 @@ def failure(rank, world, folder):
     return None
 
 
+def labelled_probe(rank, world, folder):
+    """A probe whose labels fail the check on rank 1 only: every rank raises (none waits forever);
+    then a good labelled probe: rank 0 writes its class rows and probe accuracy, rank 1 nothing."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+    x, y = torch.randn(12, 6), torch.arange(12) % 3
+    bad = (x, y[:5]) if rank == 1 else (x, y)
+    try:
+        ndtracker.Tracker(model, probe=bad, log_dir=str(folder / "bad"), detect=False)
+    except ValueError as error:
+        expected = "got 5 labels" if rank == 1 else "the check failed on rank 1 .*got 5 labels"
+        assert re.search(expected, str(error)), str(error)
+    else:
+        raise AssertionError(f"rank {rank}: a probe failing on rank 1 did not raise")
+    assert not (folder / "bad").exists()
+    with ndtracker.Tracker(model, every=1, probe=(x, y), linear_probes=True, log_dir=str(folder / "good"),
+                           detect=False) as tracker:  # fmt: skip
+        for _ in range(2):
+            model(torch.randn(4, 6)).sum().backward()
+            tracker.step()
+    dist.barrier()
+    classes = ndtracker.load(folder / "good", table="classes")
+    assert len(classes) == 2 * 2 and set(classes.source) == {"probe"} and set(classes.status) == {"ok"}
+    assert ndtracker.load(folder / "good").query("space == 'activation'").probe_accuracy.notna().all()
+    return None
+
+
 SCENARIOS = {
-    "fsdp": fsdp, "ddp": ddp, "tensor_parallel": tensor_parallel, "mesh_2d": mesh_2d,
+    "labelled_probe": labelled_probe, "fsdp": fsdp, "ddp": ddp, "tensor_parallel": tensor_parallel, "mesh_2d": mesh_2d,
     "all_ranks": all_ranks, "failure": failure,
 }  # fmt: skip

@@ -1,4 +1,5 @@
-"""Two gloo processes: FSDP2, DDP with no_sync, tensor parallelism, ranks="all", a failing rank.
+"""Two gloo processes: FSDP2, DDP with no_sync, tensor parallelism, ranks="all", a failing rank, a
+labelled probe (one that fails its check on one rank raises on both).
 
 One spawn runs every scenario of :mod:`dist_workers` (a spawn costs tens of seconds here); each
 scenario asserts inside the processes, so a failure surfaces as the spawn's exception.
@@ -16,7 +17,7 @@ from dist_workers import run_scenarios
 
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
 
-SCENARIOS = ["fsdp", "ddp", "tensor_parallel", "all_ranks", "failure"]
+SCENARIOS = ["fsdp", "ddp", "tensor_parallel", "all_ranks", "failure", "labelled_probe"]
 
 
 def test_two_ranks_measure_the_whole_job_exactly(tmp_path):

@@ -73,7 +73,7 @@ def test_probe_accuracy_and_similarity_equal_direct_computations(tmp_path):
 
     handles = [model.get_submodule(n).register_forward_hook(keep(n)) for n in ("0", "2", "4")]
     x, y = _batch(3, rows=40)
-    with Tracker(model, every=1, log_dir=str(tmp_path), probes=True, similarity=True, detect=False) as tracker:
+    with Tracker(model, every=1, log_dir=str(tmp_path), linear_probes=True, similarity=True, detect=False) as tracker:
         model(x).sum().backward()
         tracker.step(loss=1.0, labels=y)
     for handle in handles:
@@ -106,7 +106,7 @@ def test_a_conv_net_compares_pooled_examples(tmp_path):
 
 def test_tiny_batches_log_a_status_not_a_number(tmp_path):
     model = mlp()
-    with Tracker(model, every=1, log_dir=str(tmp_path), similarity=True, probes=True, detect=False) as tracker:
+    with Tracker(model, every=1, log_dir=str(tmp_path), similarity=True, linear_probes=True, detect=False) as tracker:
         x, y = _batch(0, rows=3)
         model(x).sum().backward()
         tracker.step(labels=y)
@@ -117,15 +117,15 @@ def test_tiny_batches_log_a_status_not_a_number(tmp_path):
 
 def test_probes_without_labels_warn_once_and_training_goes_on(tmp_path):
     model = mlp()
-    with pytest.warns(RuntimeWarning, match="probes=True but step.. got no labels"):
-        with Tracker(model, every=1, log_dir=str(tmp_path), probes=True, detect=False) as tracker:
+    with pytest.warns(RuntimeWarning, match="linear_probes=True but step.. got no labels"):
+        with Tracker(model, every=1, log_dir=str(tmp_path), linear_probes=True, detect=False) as tracker:
             for _ in range(3):
                 model(_batch(0)[0]).sum().backward()
                 tracker.step()
     assert ndtracker.load(tmp_path).probe_accuracy.isna().all()
 
 
-@pytest.mark.parametrize("option, spaces", [("similarity", "weight"), ("probes", "weight"), ("gradients", "activation")])
+@pytest.mark.parametrize("option, spaces", [("similarity", "weight"), ("linear_probes", "weight"), ("gradients", "activation")])
 def test_an_option_without_its_space_raises(tmp_path, option, spaces):
     with pytest.raises(ValueError, match=f"{option}=True needs the"):
         Tracker(mlp(), log_dir=str(tmp_path), spaces=spaces, **{option: True})

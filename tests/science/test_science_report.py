@@ -39,7 +39,7 @@ def _text(rep) -> str:
 
 @pytest.fixture(scope="module")
 def full(tmp_path_factory):
-    return _deep_run(tmp_path_factory.mktemp("full"), gradients=True, probes=True, similarity=True)
+    return _deep_run(tmp_path_factory.mktemp("full"), gradients=True, linear_probes=True, similarity=True)
 
 
 def test_every_option_fills_its_table(full):
@@ -48,6 +48,11 @@ def test_every_option_fills_its_table(full):
     assert full.correlations.grad_samples.min() == 20 and full.correlations.samples.min() == 20
     assert len(full.similarity) == 20 * 6 * 7 // 2
     assert {"step", "layer_a", "layer_b", "cka"} <= set(full.similarity.columns)
+
+
+def test_linear_probes_alone_give_the_probe_saturation(tmp_path):
+    rep = _deep_run(tmp_path, linear_probes=True, spaces="activation", detect=False)
+    assert rep.tunnel.probe_saturation_index.notna().all()
 
 
 def test_terminal_and_page_show_the_sections(full):

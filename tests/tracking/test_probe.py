@@ -130,12 +130,23 @@ def test_dict_input_model(tmp_path, form):
     assert row.stable_rank == pytest.approx(expected, rel=1e-4)
 
 
-def test_a_one_tuple_is_the_positional_inputs(tmp_path):
-    model = net()
-    x = torch.randn(10, 12)
-    with Tracker(model, every=1, probe=(x,), log_dir=str(tmp_path), detect=False) as tracker:
-        tracker.step()
-    assert (ndtracker.load(tmp_path).query("space == 'activation'").rows == 10).all()
+def test_several_positional_inputs_go_through_probe_args(tmp_path):
+    model = TwoInputs()
+    x1, x2 = torch.randn(10, 4), torch.randn(10, 4)
+    for probe in (Probe(args=(x1, x2)), ((x1, x2), torch.arange(10) % 2)):
+        with Tracker(model, every=1, probe=probe, log_dir=str(tmp_path), detect=False) as tracker:
+            tracker.step()
+    frame = ndtracker.load(tmp_path, run_id="all")
+    assert (frame.query("space == 'activation'").rows == 10).all() and frame.run_id.nunique() == 2
+
+
+class TwoInputs(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, a, b):
+        return self.fc(a + b)
 
 
 def test_probe_follows_the_model_s_dtype(tmp_path):
@@ -157,13 +168,27 @@ class Unused(nn.Module):
 @pytest.mark.parametrize(
     "model, kwargs, match",
     [
-        (net, dict(probe=(torch.randn(8, 12), torch.randn(8))), "probe: the model cannot take the probe .*labels are not needed"),
+        (net, dict(probe=(torch.randn(8, 12), torch.randn(8, 12))),
+         r"probe=\(tensor\(float32, shape=\(8, 12\)\), tensor\(float32, shape=\(8, 12\)\)\): the labels must be one "
+         r"integer class index per example of the probe batch \(8 examples\), got a float32 of shape \(8, 12\); "
+         r"to pass several positional inputs, use probe=ndtracker.Probe\(args=\(x1, x2\)\)"),
+        (net, dict(probe=(torch.randn(8, 12), torch.arange(6))), r"\(8 examples\), got 6 labels"),
+        (net, dict(probe=(torch.randn(8, 12), torch.arange(8) - 1)), r"got a negative label \(-1\)"),
+        (net, dict(probe=[torch.randn(8, 12), [0.5] * 8]), r"probe=\[tensor.*got a float64 of shape \(8,\)"),
+        (net, dict(probe=Probe(args=(torch.randn(8, 12),), labels=torch.ones(8, 2, dtype=torch.long))),
+         r"probe=Probe\(...\): the labels .* got a int64 of shape \(8, 2\)"),
+        (net, dict(probe=(torch.randn(8, 12),)), r"probe=\(tensor\(float32, shape=\(8, 12\)\)\) is a tuple of 1 item; a "
+         r"tuple is read as \(inputs, labels\), .*Probe\(args=\(x1, x2\)\)"),
+        (net, dict(probe=(torch.randn(8, 12),) * 3), r"is a tuple of 3 items; a tuple is read as \(inputs, labels\)"),
+        (net, dict(probe=(torch.randn(8, 12), None)), r"the labels of \(inputs, labels\) are None"),
         (net, dict(probe=torch.randn(8, 5)), "probe: the model cannot take the probe"),
-        (net, dict(probe="text"), "probe must be a tensor, a tuple, a dict of keyword inputs or a Probe, got a str"),
+        (net, dict(probe="text"), "probe must be a tensor, a dict of keyword inputs, an \\(inputs, labels\\) pair or a "
+         "Probe, got a str"),
         (net, dict(probe={"x": 3}), "probe holds no tensor"),
         (net, dict(probe=torch.randn(8, 12), spaces="weight"), "probe measures activations"),
         (Unused, dict(probe=torch.randn(8, 4), layers="spare"), r"reached none of the tracked layers \['spare'\]"),
-        (net, dict(probe=torch.randn(8, 12), probes=True), "probe= does not combine with similarity=True or probes=True"),
+        (net, dict(probe=torch.randn(8, 12), linear_probes=True), r"linear_probes=True with probe= needs the probe's "
+         r"labels: pass probe=\(inputs, labels\)"),
         (net, dict(probe=torch.randn(1, 12)), r"a single activation row once centred.*\{'0': \(1, 32\), .*at least 2 samples"),
     ],
 )
