@@ -227,9 +227,10 @@ def arms(quick: bool) -> list[Arm]:
         Arm("ours e=5 all4", "ours", 5, (("metrics", ALL_METRICS),)),
         Arm("ours e=5 w/50", "ours", 5, (("weight_every", 50),)),
         Arm("ours e=5 act", "ours", 5, (("spaces", "activation"),)),
+        Arm("ours e=5 sr", "ours", 5, (("metrics", ("stable_rank",)),)),
         Arm("peer e=5", "peer", 5),
     ]
-    keep = {"bare", "bare again", "ours e=5", "ours e=5 all4", "ours e=5 w/50", "peer e=5"}
+    keep = {"bare", "bare again", "ours e=5", "ours e=5 sr", "ours e=5 all4", "ours e=5 w/50", "peer e=5"}
     return [arm for arm in everything if arm.name in keep] if quick else everything
 
 
