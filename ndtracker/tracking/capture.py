@@ -148,6 +148,9 @@ class Capturer:
         if self._held_bytes > HELD_BYTES:
             held, self._held, self._held_bytes = self._held, [], 0
             self.measure_early(held)  # never raises (a failure is a NaN row, warned about)
+            if not (self.examples or self._options.similarity or self._options.probes):
+                for layer in held:  # a 2-D capture doubles as the example rows no feature reads
+                    layer.examples, layer.batch = None, 0
 
     def _capture_tensor(self, layer: TrackedLayer, tensor: torch.Tensor) -> None:
         """The activation capture and, for the class geometry, the example rows.
