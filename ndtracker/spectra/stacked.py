@@ -5,12 +5,15 @@ estimator's whole sequence of small tensor operations (a warm Lanczos run is abo
 these sizes a sample's time is in the number of operations, not in the arithmetic. Stacked, the
 matrices of one shape cost one run of batched operations (``bmm``), whatever their number.
 
-Two routes, for the moment metrics only (the full-spectrum metrics and the Gram-based Lanczos of
-the participation ratio keep their own batching, :mod:`ndtracker.spectra.batch`):
+Three routes, for the moment metrics only (the full-spectrum metrics are measured job by job,
+:mod:`ndtracker.spectra.batch`):
 
 * ``lanczos``: stable rank alone, randomized: Σλ = ‖X‖_F² and λ₁ by Lanczos on ``XᵀX`` applied as
   two batched products with ``X`` (no Gram is formed: ``2·n·d`` per step instead of ``n·d·min``
   once), warm-started per stream from the previous sample's top direction;
+* ``gram``: with the participation ratio, randomized, small side at most
+  :data:`~ndtracker.spectra.lanczos.BATCH_SIDE`: one batched Gram product gives Σλ and Σλ², and
+  Lanczos runs on the stacked Grams;
 * ``moments``: exact, small side at most :data:`~ndtracker.spectra.exact.HOST_SIDE`: one batched
   Gram product, decomposed on the host after the sample's one transfer.
 
@@ -26,8 +29,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ndtracker.spectra.exact import HOST_SIDE, moments_rows
-from ndtracker.spectra.lanczos import WARM_NOISE, StreamingSpectrum, _lanczos, _ritz_top, result_rows
+from ndtracker.spectra.exact import HOST_SIDE, TINY, moments_rows
+from ndtracker.spectra.lanczos import BATCH_SIDE, WARM_NOISE, StreamingSpectrum, _lanczos, _ritz_top, result_rows
 from ndtracker.vocabulary import FULL_SPECTRUM
 
 __all__ = ["STACK_BYTES", "stack_key", "chunks", "run_stack"]
@@ -50,9 +53,11 @@ def stack_key(
     rows, cols = x.shape
     if gram or rows == 0 or cols == 0 or FULL_SPECTRUM & metrics:
         return None
+    warm = state is not None and state.basis is not None and state.basis.shape[0] == cols
     if estimator == "randomized" and "participation_ratio" not in metrics:
-        warm = state is not None and state.basis is not None and state.basis.shape[0] == cols
         return ("lanczos", (rows, cols), x.device, metrics, warm)
+    if estimator == "randomized" and min(rows, cols) <= BATCH_SIDE:
+        return ("gram", (rows, cols), x.device, metrics, warm)
     if estimator == "exact" and min(rows, cols) <= HOST_SIDE:
         return ("moments", (rows, cols), x.device, metrics)
     return None
@@ -74,6 +79,8 @@ def run_stack(
         row_side = x.shape[1] <= x.shape[2]
         a = x if row_side else x.transpose(1, 2)
         return StackedGrams([torch.bmm(a, a.transpose(1, 2))], metrics)
+    if key[0] == "gram":
+        return _gram_stack(x, states, metrics, warm=key[4])
     return _lanczos_stack(x, states, metrics, warm=key[4])
 
 
@@ -96,29 +103,60 @@ class StackedLanczos:
     states: list[StreamingSpectrum]
     metrics: frozenset[str]
     basis: torch.Tensor  # (batch, depth + 1, features)
-    parts: list[torch.Tensor]  # coefficients, last β, Σλ
+    parts: list[torch.Tensor]  # coefficients, last β, Σλ (and Σλ² on the Gram route)
+    rows: torch.Tensor | None = None  # the stack, when the Lanczos vectors live in its row space
 
     def conclude(self, parts: list[torch.Tensor]) -> list[list[float]]:
-        """The members' rows; each stream keeps its top direction (feature space, unit)."""
-        coefficients, beta, total = parts
+        """The members' rows; each stream keeps its top direction (feature space, unit).
+
+        A Ritz vector ``u`` of ``XXᵀ`` maps to the feature-space unit vector ``Xᵀu / sqrt(θ)``.
+        """
+        coefficients, beta, total = parts[:3]
         theta, error, ritz = _ritz_top(coefficients, beta)
         top = torch.bmm(ritz.to(self.basis.device, self.basis.dtype).unsqueeze(1), self.basis)
+        if self.rows is not None:
+            norms = theta.sqrt().clamp_min(TINY).to(top.device, top.dtype)
+            top = torch.bmm(top, self.rows) / norms.view(-1, 1, 1)
         for state, direction in zip(self.states, top.transpose(1, 2).unbind(0)):
             state.basis, state.samples = direction, state.samples + 1
-        return result_rows(self.metrics, total, theta, error, None)
+        return result_rows(self.metrics, total, theta, error, parts[3] if len(parts) > 3 else None)
+
+
+def _start(x: torch.Tensor, states: list[StreamingSpectrum], warm: bool) -> torch.Tensor:
+    """Each stream's previous top direction plus a little noise, or noise alone: ``(batch, features)``."""
+    batch, _, features = x.shape
+    start = states[0].noise(batch * features, x).view(batch, features)
+    if not warm:
+        return start
+    previous = torch.stack([state.basis for state in states])[:, :, 0]
+    return torch.add(previous, start, alpha=WARM_NOISE / math.sqrt(features))
+
+
+def _gram_stack(
+    x: torch.Tensor, states: list[StreamingSpectrum], metrics: frozenset[str], warm: bool
+) -> StackedLanczos:
+    """Σλ, Σλ² and Lanczos from the stacked Grams of the smaller side (float32)."""
+    row_side = x.shape[1] <= x.shape[2]
+    a = x if row_side else x.transpose(1, 2)
+    grams = torch.bmm(a, a.transpose(1, 2))
+    total = grams.diagonal(dim1=1, dim2=2).sum(1)
+    squares = grams.square().sum((1, 2))  # pairwise sum, as the single-job route
+    start = _start(x, states, warm)
+    if row_side:  # the feature-space direction seen from the row side
+        start = torch.bmm(x, start.unsqueeze(2))[:, :, 0]
+    depth = min(max(state.depth for state in states), grams.shape[1] - 1)
+    apply = lambda q: torch.bmm(q, grams)  # noqa: E731  (q G = (G q)ᵀ: G is symmetric)
+    coefficients, beta, basis = _lanczos(apply, start, depth)
+    return StackedLanczos(states, metrics, basis, [coefficients, beta, total, squares], x if row_side else None)
 
 
 def _lanczos_stack(
     x: torch.Tensor, states: list[StreamingSpectrum], metrics: frozenset[str], warm: bool
 ) -> StackedLanczos:
     """Lanczos on every ``XᵀX`` of the stack ``(batch, rows, features)`` at once."""
-    batch, _, features = x.shape
     total = x.square().sum((1, 2))
-    start = states[0].noise(batch * features, x).view(batch, features)
-    if warm:
-        previous = torch.stack([state.basis for state in states])[:, :, 0]
-        start = torch.add(previous, start, alpha=WARM_NOISE / math.sqrt(features))
-    depth = min(max(state.depth for state in states), features - 1)
+    start = _start(x, states, warm)
+    depth = min(max(state.depth for state in states), x.shape[2] - 1)
     xt = x.transpose(1, 2)
     apply = lambda q: torch.bmm(torch.bmm(q, xt), x)  # noqa: E731  q XᵀX, as (batch, 1, features)
     coefficients, beta, basis = _lanczos(apply, start, depth)
