@@ -3,8 +3,7 @@
 The workload is shaped like GPT-2 small, built by hand on the CPU: 12 blocks, width 768, 12 heads,
 sequence 256, batch 2 (512 token rows per capture), AdamW; the vocabulary is 8192 instead of
 50257 so that a step fits the benchmark machine's time (the blocks, which are what is tracked, are
-GPT-2 small's). Every step of a tracked arm is sampled (``every=1``): the figures are those of a
-sampled step.
+GPT-2 small's). Tracked arms sample every third step (see :func:`run_arm`).
 
 Memory is measured deterministically, as live tensor bytes: a ``TorchDispatchMode`` sees every
 tensor made during the step (forward, backward, optimizer, tracker), weakly referenced, and keeps
@@ -17,12 +16,14 @@ default bound on the bytes of captures a step holds (``HELD_BYTES``), the same t
 them (6 blocks), and the 48 with the bound lifted (every capture held to ``tracker.step()``, as
 before issue 17).
 
-Run: ``python benchmarks/large_model.py`` (about 5 minutes on 2 cores), ``--steps N`` per arm.
+Times are medians over ``--cycles`` cycles of three steps after a warm-up cycle ("step s" is the
+bare-like step of the cycle); the memory figure is two more steps under the meter. Run: ``python benchmarks/large_model.py`` (about 5 minutes on 2 cores).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import math
 import statistics
@@ -41,6 +42,8 @@ import ndtracker
 from ndtracker.tracking import capture
 
 WIDTH, HEADS, DEPTH, CONTEXT, VOCAB, BATCH = 768, 12, 12, 256, 8192, 2
+EVERY = 3  # every=3: weight, sampled and bare-like steps alternate (see run_arm)
+WARMUP = 1  # cycles of EVERY steps before the timed ones (streams settle their Lanczos depth)
 
 
 class Attention(nn.Module):
@@ -123,49 +126,63 @@ def resident_bytes(model: nn.Module, optimizer: torch.optim.Optimizer) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
-def step(model, optimizer, tracker, batch) -> tuple[float, int]:
-    """One training step; its seconds and the peak of the tensor bytes it made."""
+def step(model, optimizer, tracker, batch) -> float:
+    """One training step; its seconds."""
     x, y = batch
-    gc.collect()
-    with PeakBytes() as meter:
-        start = time.perf_counter()
-        loss = F.cross_entropy(model(x).flatten(0, 1), y.flatten())
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if tracker is not None:
-            tracker.step(loss=loss)
-        seconds = time.perf_counter() - start
-        del loss
-        gc.collect()
-    return seconds, meter.peak
+    start = time.perf_counter()
+    loss = F.cross_entropy(model(x).flatten(0, 1), y.flatten())
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    if tracker is not None:
+        tracker.step(loss=loss)
+    return time.perf_counter() - start
 
 
-def run_arm(name, model, optimizer, batches, steps, layers, held) -> dict[str, float]:
-    """``steps`` steps of one arm (the first one a warm-up); medians of time and peak bytes."""
+def run_arm(name, model, optimizer, batches, cycles, layers, held) -> dict[str, float]:
+    """Timed cycles of EVERY steps, then the peak bytes of a sampled step under the meter.
+
+    With ``every=3``, the ``tracker.step()`` of step ``3k - 1`` measures the weights of sample
+    ``3k`` (at its start), step ``3k`` captures and measures the activations, and step ``3k + 1``
+    is like a bare step (no hook is installed): so the three kinds of step alternate, and a load
+    change hits them alike. Time per sample: the sampled and the weight steps minus twice the
+    bare-like step (medians). The meter spans steps ``3k - 1`` and ``3k`` (their joint peak); the
+    bare arm's meter spans two steps as well.
+    """
     tracker, saved = None, capture.HELD_BYTES
     capture.HELD_BYTES = held
+    times: dict[int, list[float]] = {0: [], 1: [], 2: []}
     with tempfile.TemporaryDirectory() as log_dir:
         try:
             if layers is not None:
-                tracker = ndtracker.Tracker(model, every=1, log_dir=log_dir, layers=layers, detect=False)
-            figures = [step(model, optimizer, tracker, batches[i % len(batches)]) for i in range(steps + 1)][1:]
+                tracker = ndtracker.Tracker(model, every=EVERY, log_dir=log_dir, layers=layers, detect=False)
+            last = EVERY * (WARMUP + cycles) - 1  # a weight step: 3k - 1
+            for i in range(last):
+                seconds = step(model, optimizer, tracker, batches[i % len(batches)])
+                if i >= EVERY * WARMUP:
+                    times[i % EVERY].append(seconds)
+            gc.collect()
+            with PeakBytes() as meter:  # steps 3k - 1 and 3k: the weights, then the activations
+                for i in (last, last + 1):
+                    step(model, optimizer, tracker, batches[i % len(batches)])
+                gc.collect()
             tracked = len(tracker.layers) if tracker is not None else 0
         finally:
             if tracker is not None:
                 tracker.close()
             capture.HELD_BYTES = saved
+    median = {kind: statistics.median(values) for kind, values in times.items()}
+    per_sample = median[0] + median[2] - 2 * median[1] if tracked else math.nan
+    listed = {kind: ", ".join(f"{v:.2f}" for v in values) for kind, values in times.items()}
+    print(f"  ({name}: sampled {listed[0]}; weights {listed[2]}; bare-like {listed[1]} s)", flush=True)
     resident = resident_bytes(model, optimizer)
-    return {
-        "name": name, "tracked": tracked,
-        "step_s": statistics.median(s for s, _ in figures),
-        "peak": resident + statistics.median(p for _, p in figures),
-    }  # fmt: skip
+    return {"name": name, "tracked": tracked, "step_s": median[1], "sample_s": per_sample,
+            "peak": resident + meter.peak}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=3, help="measured steps per arm (after one warm-up)")
+    parser.add_argument("--cycles", type=int, default=3, help="timed cycles of 3 steps per arm (after one warm-up cycle)")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
@@ -188,13 +205,11 @@ def main(argv: list[str] | None = None) -> int:
         ("ours, 48, unbounded", all_blocks, math.inf),
         ("bare again", None, capture.HELD_BYTES),
     ]
-    results = [run_arm(name, model, optimizer, batches, args.steps, layers, held) for name, layers, held in arms]
-    bare = statistics.fmean(r["step_s"] for r in results if r["name"].startswith("bare"))
+    results = [run_arm(name, model, optimizer, batches, args.cycles, layers, held) for name, layers, held in arms]
     bare_peak = results[0]["peak"]
     print(f"  {'arm':22} {'layers':>6} {'step s':>7} {'s/sample':>9} {'peak MiB':>9} {'extra MiB':>10} {'extra/bare':>10}")
     for r in results:
-        extra = r["peak"] - bare_peak
-        per_sample = r["step_s"] - bare if r["tracked"] else math.nan
+        extra, per_sample = r["peak"] - bare_peak, r["sample_s"]
         print(f"  {r['name']:22} {r['tracked']:6d} {r['step_s']:7.2f} {per_sample:9.2f} {r['peak'] / 2**20:9.1f} "
               f"{extra / 2**20:10.1f} {100 * extra / bare_peak:9.2f}%")  # fmt: skip
     ours = next(r for r in results if r["name"] == "ours, 48 layers")
