@@ -92,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_report(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run", metavar="RUN", help="run directory (holds run.json)")
     parser.add_argument("--run-id", help="which run of the directory (default: the latest)")
+    parser.add_argument("--rank", type=_rank, metavar="R",
+                        help="a distributed run written by every rank: whose rows (default: 0)")  # fmt: skip
     _add_common(parser)
     parser.set_defaults(handler=_report)
 
@@ -135,12 +137,22 @@ def _positive(text: str) -> int:
     return value
 
 
+def _rank(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a rank (an integer >= 0), got {text!r}")
+    return value
+
+
 def _report(args: argparse.Namespace) -> int:
     from ndtracker import reports
 
     rep = reports.report(
         args.run, run_id=args.run_id, metric=args.metric, layers=args.layers,
-        space=args.space, progress=True, workers=args.workers,
+        space=args.space, progress=True, workers=args.workers, rank=args.rank,
     )  # fmt: skip
     return _show(rep, args)
 

@@ -51,6 +51,7 @@ def report(
     space: Space | None = None,
     progress: bool = False,
     workers: int | None = 1,
+    rank: int | None = None,
 ) -> Report:
     """Build the phase report of a run from its logs.
 
@@ -67,6 +68,9 @@ def report(
             least ``PARALLEL_MIN_SAMPLES`` samples in all is analysed by that many spawned
             processes; ``None`` means one per CPU core, up to 8. Calling code with ``workers != 1``
             must sit under ``if __name__ == "__main__":`` (Python's rule for spawned processes).
+        rank: Which rank's rows of a torch.distributed run written with ``ranks="all"`` (each
+            rank writes its own): default the rank that registered the run (0). A report covers
+            one rank; other runs have one set of rows, so leave it None (0 is accepted).
 
     Returns:
         The report: tables as DataFrames, renderable to the terminal and to HTML.
@@ -75,8 +79,8 @@ def report(
         RunNotFoundError: ``run_dir`` does not exist or holds no run, or ``run_id`` is not in it.
         SchemaError: The logs were written by a newer schema version.
         NdtrackerError: The run has no rows yet.
-        ValueError: ``metric`` or ``space`` is unknown, ``layers`` matches no layer, or the metric
-            was not computed in this run.
+        ValueError: ``metric`` or ``space`` is unknown, ``layers`` matches no layer, the metric
+            was not computed in this run, or ``rank`` wrote no rows of it.
     """
     choice("metric", metric, METRICS)
     if space is not None:
@@ -86,13 +90,14 @@ def report(
         runs = store.read_run_info(run_dir)
         selection = _selection(runs, run_id, run_dir)
         info = selection.runs[-1]
+        rank = _report_rank(info, rank)
         task = bar.add_task("loading logs", total=None)
-        table = _load(run_dir, selection.run_ids, metric)
+        table = _load(run_dir, selection.run_ids, metric, rank)
         bar.update(task, total=1, completed=1)
         series = _select(_split(table, metric, space), info, layers, metric, space)
         tables = analysis.analyse(series, bar, workers)
-        extras = science.science_frames(str(run_dir), info, selection.run_ids, metric, series)
-        extras |= class_tables(run_dir, selection.run_ids, info, list(dict.fromkeys(s.layer for s in series)))
+        extras = science.science_frames(str(run_dir), info, selection.run_ids, metric, series, rank)
+        extras |= class_tables(run_dir, selection.run_ids, info, list(dict.fromkeys(s.layer for s in series)), rank)
     return _assemble(str(run_dir), selection, runs, metric, series, tables, extras)
 
 
@@ -111,10 +116,21 @@ def _check_workers(workers: int | None) -> int:
     return max(1, min(os.cpu_count() or 1, 8)) if workers is None else workers
 
 
-def _load(run_dir: str | Path, run_ids: list[str], metric: str) -> pa.Table:
+def _report_rank(info: dict, rank: int | None) -> int | None:
+    """The rank whose rows a report reads: ``rank``, or the registering rank of a ``ranks="all"`` run.
+
+    Each rank of such a run writes a row per (step, layer, space); a series mixing them would
+    alternate between ranks. Other runs have one row per key, so they are read whole (None).
+    """
+    if rank is not None or info.get("distributed", {}).get("ranks") != "all":
+        return rank
+    return 0
+
+
+def _load(run_dir: str | Path, run_ids: list[str], metric: str, rank: int | None = None) -> pa.Table:
     """Read the columns the report needs, in the order written: `_split` groups them itself."""
     columns = ["step", "layer", "space", metric, "loss", "status"]
-    table = store.read_table(run_dir, run_id=run_ids, columns=columns, sort=False)
+    table = store.read_table(run_dir, run_id=run_ids, columns=columns, sort=False, rank=rank)
     if table.num_rows == 0:
         raise NdtrackerError(
             f"run {', '.join(run_ids)} in {str(run_dir)!r} has no rows: it logged nothing (no "

@@ -32,7 +32,8 @@ _CLASS_COLUMNS = ["step", "layer", "classes", "skipped_classes", *CLASS_STATISTI
 
 
 def class_tables(
-    run_dir: str | Path, run_ids: list[str], info: dict[str, Any], layers: Sequence[str]
+    run_dir: str | Path, run_ids: list[str], info: dict[str, Any], layers: Sequence[str],
+    rank: int | None = None,
 ) -> dict[str, pd.DataFrame]:
     """The ``classes``, ``condensation`` and ``class_phases`` tables of one run's report.
 
@@ -43,6 +44,8 @@ def class_tables(
             metrics are read again for the condensation columns).
         layers: The report's layers, in depth order: rows of other layers are left out, and the
             tables come in this order (then by step).
+        rank: The rank whose weight rows give the condensation columns (see
+            `~ndtracker.reports.report`); the classes table has no rank column.
 
     Returns:
         ``classes`` (the classes table's rows), ``condensation`` (``step``, ``layer``,
@@ -51,7 +54,7 @@ def class_tables(
     """
     classes = _ordered(store.load(run_dir, run_id=run_ids, table="classes", columns=_CLASS_COLUMNS), layers)
     if info.get("options", {}).get("condensation"):
-        condensation = _condensation(run_dir, run_ids, layers)
+        condensation = _condensation(run_dir, run_ids, layers, rank)
     else:
         condensation = pd.DataFrame({"step": pd.Series([], dtype="int64"), "layer": pd.Series([], dtype=str),
                                      **{c: pd.Series([], dtype="float64") for c in CONDENSATION_COLUMNS}})
@@ -61,9 +64,11 @@ def class_tables(
     return {"classes": classes, "condensation": condensation, "class_phases": phases}
 
 
-def _condensation(run_dir: str | Path, run_ids: list[str], layers: Sequence[str]) -> pd.DataFrame:
+def _condensation(
+    run_dir: str | Path, run_ids: list[str], layers: Sequence[str], rank: int | None
+) -> pd.DataFrame:
     columns = ["step", "layer", "space", *CONDENSATION_COLUMNS]
-    table = store.read_table(run_dir, run_id=run_ids, columns=columns)
+    table = store.read_table(run_dir, run_id=run_ids, columns=columns, rank=rank)
     frame = table.filter(table["condensation"].is_valid()).drop_columns(["space"])
     return _ordered(frame.to_pandas().astype({"layer": str}), layers)
 

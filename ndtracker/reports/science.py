@@ -204,19 +204,20 @@ def nearest_step(steps: Sequence[int], wanted: int) -> int:
 
 
 def science_frames(
-    run_dir: str, info: dict, run_ids: Sequence[str], metric: str, series: Sequence[Series]
+    run_dir: str, info: dict, run_ids: Sequence[str], metric: str, series: Sequence[Series],
+    rank: int | None = None,
 ) -> dict[str, pd.DataFrame]:
     """The report's ``tunnel``, ``correlations``, ``diagnostics`` and ``similarity`` tables.
 
     Reads the ``grad_norm`` and ``probe_accuracy`` columns and the ``similarity`` table of the
     reported runs (``run_ids``: one, or runs that resume each other) only when the run's options
-    say they were logged.
+    say they were logged; ``rank``: as for `~ndtracker.reports.report`.
     """
     options = info.get("options", {})
     extra = None
     if options.get("gradients") or options.get("probes"):
         columns = ["step", "layer", "space", "grad_norm", "probe_accuracy"]
-        extra = store.load(run_dir, run_id=list(run_ids), columns=columns)
+        extra = store.load(run_dir, run_id=list(run_ids), columns=columns, rank=rank)
     gradients = None if extra is None else extra[extra["space"] == "weight"]
     similarity = _similarity(run_dir, run_ids) if options.get("similarity") else None
     return {

@@ -16,7 +16,7 @@ import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 import pandas as pd
@@ -288,6 +288,7 @@ def load(
     events: bool = False,
     columns: Sequence[str] | None = None,
     table: str | None = None,
+    rank: int | None = None,
 ) -> pd.DataFrame:
     """Load the rows of a run directory as a DataFrame, sorted by (run start, step, layer, space).
 
@@ -307,6 +308,10 @@ def load(
             pairs' CKA, ``step, layer_a, layer_b, space, cka, rows, status``, written with
             ``Tracker(..., similarity=True)``) or ``"classes"`` (class geometry, written when
             labels are passed to ``Tracker.step``).
+        rank: Only the rows written by this rank of a torch.distributed job (``ranks="all"``
+            writes one set of rows per rank); a run written by one process counts as rank 0.
+            Default: the rows of every rank, each with its ``rank``. Only the ``metrics`` and
+            ``events`` tables carry ranks.
 
     Returns:
         One row per (step, layer, space) for metrics; ``energy90`` (and ``direction`` of events) are
@@ -316,7 +321,7 @@ def load(
         RunNotFoundError: ``run_dir`` does not exist or holds no run, or ``run_id`` names a run
             that is not in it.
         ValueError: ``columns`` names an unknown column, or ``table`` an unknown table or one that
-            contradicts ``events=True``.
+            contradicts ``events=True``, or ``rank`` is not a rank that wrote rows of the run.
         SchemaError: ``run.json`` or a part was written with a newer schema version.
 
     Damaged parts (truncated, not Parquet, other columns) are skipped with a warning naming them.
@@ -326,7 +331,7 @@ def load(
     selection = select_runs(entries, run_id, run_dir)
     if run_id is None and selection.others:
         warnings.warn(_others_notice(run_dir, selection), UserWarning, stacklevel=2)
-    return _to_frame(_read(run_dir, entries, selection, name, columns, sort=True))
+    return _to_frame(_read(run_dir, entries, selection, name, columns, sort=True, rank=rank))
 
 
 def read_table(
@@ -337,11 +342,13 @@ def read_table(
     columns: Sequence[str] | None = None,
     sort: bool = True,
     table: str | None = None,
+    rank: int | None = None,
 ) -> pa.Table:
     """Load rows as a pyarrow Table, string columns dictionary-encoded: `load` without pandas.
 
     Args:
-        run_dir, run_id, events, columns, table: As for `load` (no warning about runs left out).
+        run_dir, run_id, events, columns, table, rank: As for `load` (no warning about runs left
+            out).
         sort: Sort as `load` does (default). With False the rows come in the order they were
             written (each run's parts in turn), which saves the sort's time and memory on a long
             run when the caller groups the rows itself. Either way a row repeated under the same
@@ -355,7 +362,7 @@ def read_table(
     """
     name = _table_name(table, events)
     entries = read_run_info(run_dir)
-    return _read(run_dir, entries, select_runs(entries, run_id, run_dir), name, columns, sort)
+    return _read(run_dir, entries, select_runs(entries, run_id, run_dir), name, columns, sort, rank)
 
 
 def _table_name(table: str | None, events: bool) -> str:
@@ -370,10 +377,11 @@ def _table_name(table: str | None, events: bool) -> str:
 
 def _read(
     run_dir: str | os.PathLike, entries: list[dict], selection: Selection, name: str,
-    columns: Sequence[str] | None, sort: bool,
+    columns: Sequence[str] | None, sort: bool, rank: int | None = None,
 ) -> pa.Table:  # fmt: skip
     schema, key_columns = SCHEMAS[name], TABLE_SORT_KEYS[name]
     wanted = _check_columns(columns, schema)
+    _check_rank(rank, name, key_columns)
     runs = [str(run.get("run_id")) for run in entries]
     names = list(dict.fromkeys([*key_columns, *wanted]))
     folder = Path(run_dir) / name
@@ -383,7 +391,30 @@ def _read(
         tables = [_until(read_parts(folder, schema, runs, one, names), stop)
                   for one, stop in zip(selection.run_ids, selection.until)]  # fmt: skip
     table = pa.concat_tables(tables).unify_dictionaries() if len(tables) > 1 else tables[0]
+    if rank is not None:
+        table = _of_rank(table, rank, selection.run_ids)
     return sort_rows(table, runs, sort, key_columns).select(wanted)
+
+
+def _check_rank(rank: Any, name: str, key_columns: Sequence[str]) -> None:
+    if rank is None:
+        return
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 0:
+        raise ValueError(f"rank must be a process rank (an int >= 0) or None, got rank={rank!r}")
+    if "rank" not in key_columns:
+        raise ValueError(f"rank={rank}: the {name} table has no rank column (only metrics and events "
+                         "do); leave rank=None")  # fmt: skip
+
+
+def _of_rank(table: pa.Table, rank: int, run_ids: Sequence[str]) -> pa.Table:
+    """The rows written by ``rank``; rows without a rank (one process wrote them) count as rank 0."""
+    ranks = pc.fill_null(table["rank"], 0)
+    kept = table.filter(pc.equal(ranks, rank))
+    if kept.num_rows == 0 and table.num_rows:
+        present = sorted(pc.unique(ranks).to_pylist())
+        raise ValueError(f"rank={rank}: run {', '.join(run_ids)} has rows of rank(s) "
+                         f"{', '.join(map(str, present))} only")  # fmt: skip
+    return kept
 
 
 def _until(table: pa.Table, stop: int | None) -> pa.Table:
