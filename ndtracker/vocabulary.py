@@ -24,7 +24,7 @@ METRICS: tuple[str, ...] = ("stable_rank", "participation_ratio", "effective_ran
 FULL_SPECTRUM: frozenset[str] = frozenset({"effective_rank", "energy90"})
 """The metrics that need every eigenvalue (the streaming estimator gives only the others)."""
 
-DEFAULT_METRICS: tuple[str, ...] = ("stable_rank", "participation_ratio")
+DEFAULT_METRICS: tuple[str, ...] = ("stable_rank",)
 """What a Tracker measures unless told otherwise."""
 
 SPACES: tuple[str, ...] = ("activation", "weight")

@@ -388,7 +388,8 @@ def test_random_mlps_log_one_row_per_layer_and_space(tmp_path_factory, widths, b
     log_dir = tmp_path_factory.mktemp("run")
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no warning: nothing non-finite, nothing failed
-        with Tracker(model, every=1, log_dir=str(log_dir), center=center, detect=False) as tracker:
+        metrics = ("stable_rank", "participation_ratio")
+        with Tracker(model, every=1, log_dir=str(log_dir), center=center, detect=False, metrics=metrics) as tracker:
             model(torch.randn(batch, widths[0], dtype=dtype)).float().sum().backward()
             tracker.step()
     df = ndtracker.load(log_dir)

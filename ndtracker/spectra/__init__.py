@@ -14,6 +14,7 @@ metric                   formula                                     note
 The modules: :mod:`~ndtracker.spectra.matrices` (layer outputs and weights to 2-D matrices),
 :mod:`~ndtracker.spectra.exact` (Gram eigenvalues), :mod:`~ndtracker.spectra.lanczos` (the
 streaming estimator), :mod:`~ndtracker.spectra.batch` (a sample's matrices in one batch),
+:mod:`~ndtracker.spectra.stacked` (same-shape matrices as one stack),
 :mod:`~ndtracker.spectra.result` (the named record) and :mod:`~ndtracker.spectra.precision`.
 This package knows nothing of the Tracker, of files or of detection.
 """

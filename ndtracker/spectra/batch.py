@@ -22,6 +22,7 @@ import torch
 from ndtracker.spectra.exact import HOST_SIDE, ROW_FIELDS, empty_row, exact_gram, given_gram, row_from_gram
 from ndtracker.spectra.lanczos import TOLERANCE, Krylov, StreamingSpectrum, group_key, prepare, prepare_gram, run
 from ndtracker.spectra.result import Result
+from ndtracker.spectra.stacked import StackedGrams, StackedLanczos, chunks, run_stack, stack_key
 from ndtracker.vocabulary import ESTIMATORS, FULL_SPECTRUM, METRICS, Estimator
 
 __all__ = ["SMALL_SIDE", "Job", "choose_estimator", "measure_many", "measure"]
@@ -184,7 +185,9 @@ class _HostGram:
 def _measure_rows(jobs: list[Job], wide: bool = False) -> list[list[float]]:
     """Each job's result row: device work for all jobs, one transfer, then the host's share.
 
-    Randomized Grams of one small size are formed into one batch buffer and share a Lanczos run;
+    Matrices of one shape measured by a moments-only route are stacked and measured by one batched
+    run (:mod:`ndtracker.spectra.stacked`). Randomized Grams of one small size are formed into one
+    batch buffer and share a Lanczos run;
     a job whose Gram is too large to batch runs at once, and no Gram is kept past its run, so at
     most one large Gram is alive at a time (the batched ones are at most :data:`BATCH_SIDE`
     square). ``wide`` makes the exact estimator work in float64 whatever the metrics (for
@@ -192,11 +195,14 @@ def _measure_rows(jobs: list[Job], wide: bool = False) -> list[list[float]]:
     """
     for job in jobs:
         _check(job)
-    pending: list[tuple[list[int], _DeviceRow | _HostGram | Krylov]] = []
+    pending: list[tuple[list[int], _DeviceRow | _HostGram | Krylov | StackedGrams | StackedLanczos]] = []
     groups: dict[tuple, list[tuple[int, torch.Tensor]]] = {}
+    stacks: dict[tuple, list[tuple[int, torch.Tensor]]] = {}
     for i, job in enumerate(jobs):
         x = job.matrix.float()
-        if x.shape[0] == 0 or x.shape[1] == 0:
+        if not wide and (key := stack_key(x, job.estimator, job.metrics, job.state, job.gram)) is not None:
+            stacks.setdefault(key, []).append((i, x))
+        elif x.shape[0] == 0 or x.shape[1] == 0:
             pending.append(([i], _DeviceRow([empty_row(x)])))
         elif job.estimator == "exact":
             pending.append(([i], _exact_pending(job.matrix if job.gram else x, job.metrics, wide, job.gram)))
@@ -208,6 +214,10 @@ def _measure_rows(jobs: list[Job], wide: bool = False) -> list[list[float]]:
         grams = torch.empty(len(members), side, side, device=device, dtype=torch.float32)
         prepared = [_prepare(jobs[i], x, _state(jobs[i]), out) for (i, x), out in zip(members, grams)]
         pending.append(([i for i, _ in members], run(prepared, grams)))
+    for key, members in stacks.items():
+        for chunk in chunks(members, key[1]):
+            states = [_state(jobs[i]) for i, _ in chunk]
+            pending.append(([i for i, _ in chunk], run_stack(key, [x for _, x in chunk], states)))
     rows: list[list[float]] = [[]] * len(jobs)
     for (indices, item), parts in zip(pending, _to_host([item.parts for _, item in pending])):
         for i, row in zip(indices, item.conclude(parts)):

@@ -216,20 +216,26 @@ def _moments_row(gram: torch.Tensor, metrics: frozenset[str] | set[str]) -> torc
     Float32 is plenty for λ₁, Σλ and Σλ² (it is not for the small eigenvalues that effective rank
     weighs), and costs half as much on CPU, far less on GPUs with slow float64. As on the
     randomized route, a total that is not finite or may have underflowed sets the error estimate
-    to NaN, and :func:`ndtracker.spectra.measure_many` redoes the matrix in float64.
+    to NaN, and :func:`ndtracker.spectra.measure_many` redoes the matrix in float64. A stack of
+    Grams ``(batch, n, n)`` gives a stack of rows ``(batch, 7)``.
     """
     dtype = full_spectrum_dtype(gram.device)
-    total = torch.trace(gram).to(dtype)
+    total = gram.diagonal(dim1=-2, dim2=-1).sum(-1).to(dtype)
     clean = gram.to(top_dtype(gram.device)).nan_to_num(0.0, 0.0, 0.0)
-    top = torch.linalg.eigvalsh(clean)[-1].to(dtype)
+    top = torch.linalg.eigvalsh(clean)[..., -1].to(dtype)
     nan = torch.full_like(total, math.nan)
     stable = total / top if "stable_rank" in metrics else nan
     participation = nan
     if "participation_ratio" in metrics:
-        participation = total.square() / gram.square().sum().to(dtype)
+        participation = total.square() / gram.square().sum((-2, -1)).to(dtype)
     error = torch.where(trusted(total), torch.zeros_like(total), nan)
     finite = torch.isfinite(total).to(dtype)
-    return torch.stack([stable, participation, nan, nan, error, finite, total])
+    return torch.stack([stable, participation, nan, nan, error, finite, total], dim=-1)
+
+
+def moments_rows(grams: torch.Tensor, metrics: frozenset[str] | set[str]) -> torch.Tensor:
+    """The exact route's rows ``(batch, 7)`` of a stack of float32 Grams ``(batch, n, n)``, moments only."""
+    return _moments_row(grams, metrics)
 
 
 def trusted(total: torch.Tensor) -> torch.Tensor:

@@ -195,12 +195,20 @@ class Krylov:
         coefficients, beta, total = parts[:3]
         theta, error, ritz = _ritz_top(coefficients, beta)
         _keep_directions(self, theta, ritz)
-        nan = torch.full_like(total, math.nan)
-        stable = total / theta if "stable_rank" in self.metrics else nan
-        participation = total.square() / parts[3] if len(parts) > 3 else nan
-        error = torch.where(trusted(total), error.to(total.dtype), nan)
-        finite = torch.isfinite(total).to(total.dtype)
-        return torch.stack([stable, participation, nan, nan, error, finite, total], dim=1).tolist()
+        return result_rows(self.metrics, total, theta, error, parts[3] if len(parts) > 3 else None)
+
+
+def result_rows(
+    metrics: frozenset[str], total: torch.Tensor, theta: torch.Tensor, error: torch.Tensor,
+    squares: torch.Tensor | None,
+) -> list[list[float]]:  # fmt: skip
+    """Host result rows (:data:`ndtracker.spectra.exact.ROW_FIELDS`) from a batch's Σλ, θ₁, error and Σλ²."""
+    nan = torch.full_like(total, math.nan)
+    stable = total / theta if "stable_rank" in metrics else nan
+    participation = total.square() / squares if squares is not None else nan
+    error = torch.where(trusted(total), error.to(total.dtype), nan)
+    finite = torch.isfinite(total).to(total.dtype)
+    return torch.stack([stable, participation, nan, nan, error, finite, total], dim=1).tolist()
 
 
 def run(group: list[Prepared], grams: torch.Tensor | None = None) -> Krylov:

@@ -112,9 +112,13 @@ def _real(x: torch.Tensor) -> torch.Tensor:
 def weight_matrix(weight: torch.Tensor) -> torch.Tensor:
     """Reshape a weight to float32 ``(out, in·k·k)``; a 1-D weight becomes one row. Not centred.
 
+    Under ``torch.no_grad()`` a 2-D float32 weight comes back as it is (no copy, no operation).
+
     Raises:
         TypeError: The weight is complex (as for `activation_matrix`).
     """
+    if weight.dim() == 2 and weight.dtype == torch.float32 and not torch.is_grad_enabled():
+        return _real(weight)  # no graph is recorded here: no detached alias (an op) is needed
     w = _real(weight.detach())
     return w.reshape(1, -1).float() if w.dim() <= 1 else w.reshape(w.shape[0], -1).float()
 

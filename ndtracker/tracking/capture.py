@@ -24,6 +24,18 @@ from ndtracker.tracking.options import Options
 
 Warn = Callable[[str, str, str], None]
 
+HELD_BYTES = 64 * 2**20
+"""Bytes of captures a sampled step may hold; past them, the held captures are measured at once.
+
+A capture (up to ``max_rows`` float32 rows of a layer's output) would otherwise live from its
+forward to :meth:`~ndtracker.Tracker.step`, across the backward pass, when training memory
+peaks: for a transformer with tens of wide layers, gigabytes. Measured in the hook, in one batch
+(same-shape layers stacked), the captures shrink to a result row each, so the extra memory of a
+sampled step is bounded by this constant (plus the batch's transient copies), whatever the number
+of tracked layers. Small models never reach it: their sample is measured in one batch at the
+step's end, with one host transfer; a large one spends one transfer per measured batch.
+"""
+
 NO_TENSOR = (
     "its output (a {}) holds no tensor; pass output_key='<key or attribute>' to name the one to "
     "measure, or layers=[...] to leave this layer out"
@@ -53,6 +65,9 @@ class Capturer:
         self.examples = False  # capture one row per example of >2-D outputs (labels expected)
         self.example_indices: dict[int, torch.Tensor] = {}  # batch size -> kept examples (host)
         self._host_generator = torch.Generator().manual_seed(options.seed)
+        self.measure_early: Callable[[list[TrackedLayer]], None] | None = None  # set by the sampler
+        self._held: list[TrackedLayer] = []  # final captures not measured yet
+        self._held_bytes = 0
         self.on_forward = opaque_to_compiler(self.capture_forward, options.hooks)
         if options.hooks == "permanent":
             self.install()
@@ -71,6 +86,7 @@ class Capturer:
     def disarm(self) -> None:
         """Stop capturing and drop every capture (removing the hooks with sampled hooks)."""
         self.armed = self.probing = False
+        self._held, self._held_bytes = [], 0
         self.example_indices.clear()
         for layer in self._layers:
             layer.clear()
@@ -97,7 +113,7 @@ class Capturer:
         kept until a training forward replaces it. While probing, the first forward wins.
         """
         if self.probing:
-            if layer.capture is None:
+            if layer.capture is None and layer.measured is None:
                 self._capture(layer, output, False)
             return
         if layer.captured_in_training:
@@ -119,6 +135,22 @@ class Capturer:
             layer.captured_in_training = training
         except Exception as error:  # a monitor never stops training
             self._warn(layer.name, "activation", f"capture failed: {error!r}")
+            return
+        if training or self.probing:  # final: no later forward replaces it
+            self._hold(layer)
+
+    def _hold(self, layer: TrackedLayer) -> None:
+        """Count a final capture; past :data:`HELD_BYTES`, measure every held capture now."""
+        if self.measure_early is None or layer.capture is None:
+            return
+        self._held.append(layer)
+        self._held_bytes += layer.capture.numel() * layer.capture.element_size()
+        if self._held_bytes > HELD_BYTES:
+            held, self._held, self._held_bytes = self._held, [], 0
+            self.measure_early(held)  # never raises (a failure is a NaN row, warned about)
+            if not (self.examples or self._options.similarity or self._options.probes):
+                for layer in held:  # a 2-D capture doubles as the example rows no feature reads
+                    layer.examples, layer.batch = None, 0
 
     def _capture_tensor(self, layer: TrackedLayer, tensor: torch.Tensor) -> None:
         """The activation capture and, for the class geometry, the example rows.

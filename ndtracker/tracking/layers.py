@@ -49,6 +49,10 @@ class TrackedLayer:
             ``similarity`` or ``linear_probes``, the first examples (see
             :func:`ndtracker.spectra.similarity.example_matrix`); ``batch`` is its batch size
             before any row subsample (0 when the rows are not the whole batch's).
+        measured: The capture already measured in the forward hook, as ``(job, result)`` (the
+            job's matrix a shape-only ``meta`` tensor), when the sample's captures outgrew the
+            bytes a sample may hold (see :data:`ndtracker.tracking.capture.HELD_BYTES`); the
+            capture itself is then dropped.
     """
 
     name: str
@@ -60,6 +64,7 @@ class TrackedLayer:
     root: Any = field(default=None, repr=False)  # weakref.ref to the model, to see a replacement
     examples: torch.Tensor | None = None
     batch: int = 0
+    measured: tuple[Any, Any] | None = None  # (spectra.Job, spectra.Result | None)
 
     @property
     def weight(self) -> torch.Tensor | None:
@@ -85,7 +90,7 @@ class TrackedLayer:
 
     def clear(self) -> None:
         """Drop the capture of the current sample."""
-        self.capture, self.captured_in_training = None, False
+        self.capture, self.captured_in_training, self.measured = None, False, None
         self.examples, self.batch = None, 0
 
     def info(self) -> dict[str, Any]:

@@ -50,12 +50,14 @@ class Batch:
 
     jobs: list[Job] = field(default_factory=list)
     keys: list[Key] = field(default_factory=list)
+    known: dict[int, Result | None] = field(default_factory=dict)  # jobs measured already
 
     def extend(self, other: Batch) -> None:
         """Append ``other``'s jobs and rows (their job indices shifted past this batch's)."""
         offset = len(self.jobs)
         self.jobs += other.jobs
         self.keys += [(name, space, index + offset) for name, space, index in other.keys]
+        self.known.update({index + offset: result for index, result in other.known.items()})
 
 
 def activation_jobs(layers: list[TrackedLayer], options: Options, warn: Warn, missing: str | None = None) -> Batch:
@@ -67,7 +69,11 @@ def activation_jobs(layers: list[TrackedLayer], options: Options, warn: Warn, mi
         missing = no_forward_message(options.hooks)
     batch = Batch()
     for layer in layers:
-        if layer.capture is not None:
+        if layer.measured is not None:  # measured in the hook (the sample held too many bytes)
+            batch.known[len(batch.jobs)] = layer.measured[1]
+            batch.keys.append((layer.name, "activation", len(batch.jobs)))
+            batch.jobs.append(layer.measured[0])
+        elif layer.capture is not None:
             batch.keys.append((layer.name, "activation", len(batch.jobs)))
             batch.jobs.append(_job(layer, "activation", layer.capture, options))
         else:
@@ -90,7 +96,9 @@ def weight_jobs(layers: list[TrackedLayer], options: Options) -> Batch:
         if id(weight) not in index_of:  # `weights` keeps each alive, so ids stay unique
             index_of[id(weight)] = len(batch.jobs)
             weights.append(weight)
-            batch.jobs.append(_job(layer, "weight", spectra.weight_matrix(weight), options))
+            with torch.no_grad():  # a float32 2-D weight is then taken as it is (no operation)
+                matrix = spectra.weight_matrix(weight)
+            batch.jobs.append(_job(layer, "weight", matrix, options))
         batch.keys.append((layer.name, "weight", index_of[id(weight)]))
     return batch
 
@@ -99,6 +107,31 @@ def _job(layer: TrackedLayer, space: str, matrix: torch.Tensor, options: Options
     state = layer.streams.setdefault(space, StreamingSpectrum())
     estimator = spectra.choose_estimator(tuple(matrix.shape), options.metrics, options.estimator)
     return Job(matrix, estimator, options.metrics, state)
+
+
+def measure_early(layers: list[TrackedLayer], options: Options, warn: Warn) -> None:
+    """Measure these layers' captures now, in one batch; each keeps its result, not its capture.
+
+    Called from the forward hook once a sampled step holds more than
+    :data:`ndtracker.tracking.capture.HELD_BYTES` of captures (never raises).
+    """
+    batch = activation_jobs([layer for layer in layers if layer.capture is not None], options, warn)
+    results = measure_jobs(batch.jobs, batch.keys, warn)
+    by_name = {layer.name: layer for layer in layers}
+    for name, _, index in batch.keys:
+        job = batch.jobs[index]
+        shape_only = torch.empty(job.matrix.shape, device="meta")
+        by_name[name].measured = (Job(shape_only, job.estimator, job.metrics), results[index])
+        by_name[name].capture = None
+
+
+def measure_batch(batch: Batch, warn: Warn) -> list[Result | None]:
+    """The results of a batch's jobs: the known ones as they are, the others measured together."""
+    todo = [i for i in range(len(batch.jobs)) if i not in batch.known]
+    position = {index: k for k, index in enumerate(todo)}
+    keys = [(name, space, position[i]) for name, space, i in batch.keys if i in position]
+    measured = measure_jobs([batch.jobs[i] for i in todo], keys, warn) if todo else []
+    return [batch.known[i] if i in batch.known else measured[position[i]] for i in range(len(batch.jobs))]
 
 
 def measure_jobs(jobs: list[Job], keys: list[Key], warn: Warn) -> list[Result | None]:

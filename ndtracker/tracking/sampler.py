@@ -19,7 +19,9 @@ from ndtracker.tracking.capture import Capturer
 from ndtracker.tracking.layers import TrackedLayer, warn_unmeasured
 from ndtracker.tracking.options import Options
 from ndtracker.tracking.probe import FORMS, Probe, ProbeRunner, as_probe
-from ndtracker.tracking.sample import NOT_REACHED, Batch, activation_jobs, log_row, measure_jobs, weight_jobs
+from ndtracker.tracking.sample import (
+    NOT_REACHED, Batch, activation_jobs, log_row, measure_batch, measure_early, weight_jobs,
+)
 from ndtracker.vocabulary import SPACES
 
 Warn = Callable[[str, str, str], None]
@@ -53,6 +55,8 @@ class Sampler:
         self._watch_training = "activation" in options.spaces and probe is None
         self._order = {(layer.name, space): (i, j) for i, layer in enumerate(layers) for j, space in enumerate(SPACES)}
         self._pending: tuple[int, list[Row]] | None = None  # rows measured when their step began
+        if parallel is None:  # a sample holding too many bytes of captures measures them in the hook
+            capturer.measure_early = lambda held: measure_early(held, options, warn)
 
     def turn(self, ended: int | None, starting: int | None) -> list[Row]:
         """End the sampled step ``ended`` and begin the sampled step ``starting`` (either may be None).
@@ -142,7 +146,7 @@ class Sampler:
             spans.append((step, source, batch.keys[start:]))
         if not batch.jobs:
             return {}
-        results = measure_jobs(batch.jobs, batch.keys, self._warn)
+        results = measure_batch(batch, self._warn)
         rows: dict[int, list[Row]] = {}
         for step, source, keys in spans:
             rows.setdefault(step, []).extend(

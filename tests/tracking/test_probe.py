@@ -40,7 +40,8 @@ def test_probe_rows_equal_an_oracle_on_the_probe_on_the_step_s_weights(tmp_path)
     probe = torch.randn(40, 12, generator=torch.Generator().manual_seed(5))
     opt = torch.optim.SGD(model.parameters(), lr=0.3)
     expected = {}
-    with Tracker(model, every=2, probe=probe, log_dir=str(tmp_path), detect=False) as tracker:
+    metrics = ("stable_rank", "participation_ratio")
+    with Tracker(model, every=2, probe=probe, log_dir=str(tmp_path), detect=False, metrics=metrics) as tracker:
         for t in range(6):
             expected[t] = oracle_activations(model, tracker.layers, probe)  # the state before update t
             model(torch.randn(8, 12)).pow(2).mean().backward()
