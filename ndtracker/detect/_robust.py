@@ -133,19 +133,34 @@ def _context_sd(v: np.ndarray, half_blocks: int, n_blocks: int) -> np.ndarray:
 def _running_median(y: np.ndarray, half: int) -> np.ndarray:
     """Median of each sample and its ``half`` neighbours on each side.
 
-    Beyond the ends the series is padded with the median of its first (last) ``half + 1`` samples,
-    so an outlying end sample is not copied into the padding. Two neighbouring windows share
+    Beyond the ends the series is continued by point reflection through a robust end level
+    (:func:`_end_level`): ``y[-k] = 2 a - y[k]``. A monotone stretch stays monotone across the end,
+    so the median follows a trend up to the last sample (padding with a constant would flatten
+    the first samples of a fast collapse into a plateau and a step); a level shift near the end
+    is kept, and an outlying end sample is not the anchor. Two neighbouring windows share
     ``2 * half`` samples; the median of those plus one more value ``x`` is ``x`` clipped to their
     two middle values, so one sort serves two windows.
     """
-    ends = np.median(y[: half + 1]), np.median(y[-half - 1 :])
-    padded = np.concatenate([np.full(half, ends[0]), y, np.full(half + 1, ends[1])])
+    head, tail = y[1 : half + 1], y[-half - 2 : -1]
+    left = 2.0 * _end_level(y[: half + 1]) - head[::-1]
+    right = 2.0 * _end_level(y[::-1][: half + 1]) - tail[::-1]
+    padded = np.concatenate([left, y, right])
     pairs = -(-y.size // 2)
     shared = sliding_window_view(padded[1:], 2 * half)[: 2 * pairs : 2]
     middle = np.sort(shared, axis=1)[:, half - 1 : half + 1]  # sorting is faster than partitioning
     first = np.clip(padded[: 2 * pairs : 2], middle[:, 0], middle[:, 1])
     second = np.clip(padded[2 * half + 1 :: 2][:pairs], middle[:, 0], middle[:, 1])
     return np.stack([first, second], axis=1).ravel()[: y.size]
+
+
+def _end_level(y: np.ndarray) -> float:
+    """Robust level at ``y[0]`` from the first few samples: the median of ``y[i] - i d`` over the
+    first three, with ``d`` the median step between neighbours. On a straight or smooth stretch
+    this is ``y[0]``; an outlying ``y[0]`` is outvoted by the two samples after it."""
+    if y.size < 3:
+        return float(y[0])
+    d = float(np.median(np.diff(y)))
+    return float(np.median(y[:3] - d * np.arange(3)))
 
 
 def _local_scale(v: np.ndarray, half_blocks: int) -> np.ndarray:

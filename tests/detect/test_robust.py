@@ -14,10 +14,18 @@ from ndtracker.detect._linefit import _bend_fits, _prefix_sums, _rss_table
 from ndtracker.detect._robust import _BLOCK, _PHI_GRID, _ar1_fit, _block_sd, _clipped, _robust_sd, _running_median
 
 
+def end_level(y: np.ndarray) -> float:
+    """Oracle of the robust end level: median of y[i] - i * (median step), i = 0, 1, 2."""
+    step = np.median(y[1:] - y[:-1])
+    return float(np.median([y[0], y[1] - step, y[2] - 2 * step]))
+
+
 def padded_running_median(y: np.ndarray, half: int) -> np.ndarray:
-    """Oracle: np.median over each window, the ends padded with the median of the end samples."""
-    ends = np.median(y[: half + 1]), np.median(y[-half - 1 :])
-    padded = np.concatenate([np.full(half, ends[0]), y, np.full(half, ends[1])])
+    """Oracle: np.median over each window, the ends continued by point reflection through the
+    robust end level (y[-k] = 2 a - y[k])."""
+    left = [2 * end_level(y[: half + 1]) - y[k] for k in range(half, 0, -1)]
+    right = [2 * end_level(y[::-1][: half + 1]) - y[-1 - k] for k in range(1, half + 1)]
+    padded = np.concatenate([left, y, right])
     return np.median(sliding_window_view(padded, 2 * half + 1), axis=1)
 
 
