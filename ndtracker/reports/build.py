@@ -98,7 +98,7 @@ def report(
         tables = analysis.analyse(series, bar, workers)
         extras = science.science_frames(str(run_dir), info, selection.run_ids, metric, series, rank)
         extras |= class_tables(run_dir, selection.run_ids, info, list(dict.fromkeys(s.layer for s in series)), rank)
-    return _assemble(str(run_dir), selection, runs, metric, series, tables, extras)
+    return _assemble(str(run_dir), selection, runs, metric, series, tables, extras | {"rank": rank})
 
 
 def _selection(runs: list[dict], run_id: str | Sequence[str] | None, run_dir: str | Path) -> Selection:

@@ -139,6 +139,8 @@ class Report(_Rendered):
         class_phases: Phases of each layer's class statistics and condensation columns:
             ``layer``, ``statistic``, ``start_step``, ``end_step``, ``kind``, ``samples``,
             ``change``, ``relative_change`` (the same detector as ``phases``).
+        rank: The rank whose rows were read (a ``ranks="all"`` run: each rank wrote its own), or
+            None for a run with one set of rows.
     """
 
     run_dir: str
@@ -158,6 +160,7 @@ class Report(_Rendered):
     classes: pd.DataFrame = field(default_factory=pd.DataFrame)
     condensation: pd.DataFrame = field(default_factory=pd.DataFrame)
     class_phases: pd.DataFrame = field(default_factory=pd.DataFrame)
+    rank: int | None = None
 
     @property
     def run_id(self) -> str:

@@ -68,11 +68,21 @@ def info_lines(rep: Report) -> list[tuple[str, str]]:
     lines.append(("model", f"{info.get('model', '?')}, ndtracker {version}"))
     lines.append(("steps", steps_line(rep)))
     lines.append(("layers", f"{len(rep.layers)} shown of {tracked} tracked"))
+    if rep.rank is not None:
+        lines.append(("rank", _rank_line(rep)))
     steps, loss = rep.loss
     if loss.size:
         first, last = (f"{number(loss[i])} at step {steps[i]}" for i in (0, -1))
         lines.append(("loss", f"{first} -> {last}"))
     return [(key, literal(value)) for key, value in lines + [("metric", rep.metric)]]
+
+
+def _rank_line(rep: Report) -> str:
+    """Which rank's rows a report of a run with several writing ranks shows."""
+    distributed = rep.run.get("distributed")
+    world = distributed.get("world_size") if isinstance(distributed, dict) else None
+    of = f" of {world}" if isinstance(world, int) else ""
+    return f"{rep.rank}{of} (each rank wrote its own rows; choose with rank= or --rank)"
 
 
 def steps_line(rep: Report) -> str:

@@ -24,8 +24,6 @@ diagram for two-layer ReLU neural networks at infinite-width limit"; Zhou et al.
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 __all__ = ["THRESHOLD", "MAX_NEURONS", "input_directions", "condensation_tensor", "condensation"]

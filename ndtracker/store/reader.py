@@ -29,7 +29,7 @@ from ndtracker.store.files import RESOURCE_ERRORS, NotRegularFileError, open_reg
 from ndtracker.store.layout import PART_NAME, list_parts, read_run_info
 from ndtracker.store.runs import Selection, select_runs
 from ndtracker.store.schema import (
-    ADDED_COLUMNS, EVENTS_SCHEMA, METRICS_SCHEMA, NULLABLE_INTS, SCHEMA_VERSION, SCHEMAS, SORT_KEYS,
+    ADDED_COLUMNS, NULLABLE_INTS, SCHEMA_VERSION, SCHEMAS, SORT_KEYS,
     TABLE_SORT_KEYS, VERSION_KEY,
 )
 

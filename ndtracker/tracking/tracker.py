@@ -163,9 +163,10 @@ class Tracker:
             ``weight`` except embeddings; at most ``max_layers`` of them: whole repeated blocks
             (``encoder.layer.3``), evenly spaced over depth, with a warning saying how many
             layers were left out.
-        metrics: Metric names to compute (others are null). Default
-            ``("stable_rank", "participation_ratio")``; add ``"effective_rank"`` and ``"energy90"``
-            for the full spectrum (an eigendecomposition per matrix, so dearer).
+        metrics: Metric names to compute (others are null). Default ``("stable_rank",)``, which
+            needs no Gram matrix; add ``"participation_ratio"`` (a Gram product per matrix) and
+            ``"effective_rank"``, ``"energy90"`` for the full spectrum (an eigendecomposition per
+            matrix, so dearer).
         spaces: ``"activation"``, ``"weight"`` or both (default).
         estimator: ``"auto"`` (default: ``randomized`` where it is exact enough and cheaper, else
             ``exact``), ``"exact"`` or ``"randomized"``.

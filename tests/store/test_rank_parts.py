@@ -6,6 +6,7 @@ import pyarrow.dataset as ds
 import pytest
 
 from ndtracker import cli, reports, store
+from ndtracker.reports.text import info_lines
 from ndtracker.store.layout import PART_NAME
 from ndtracker.store.writer import RANK_SEQ_SPAN
 
@@ -72,11 +73,26 @@ def test_a_report_of_a_run_written_by_every_rank_reads_one_rank(tmp_path):
     other = reports.report(tmp_path, rank=1)
     assert {float(v) for s in other.series for v in s.values} == {20.0}
     assert set(other.phases["kind"]) == {"stabilization"}
+    assert (default.rank, other.rank) == (0, 1)
+    assert dict(info_lines(other))["rank"].startswith("1 (each rank wrote its own rows")
+
+
+def test_the_header_names_a_rank_only_when_one_is_read(tmp_path):
+    _two_rank_run(tmp_path, {"model": "Net", "options": {"every": 1},
+                             "distributed": {"ranks": 0, "world_size": 2}})  # fmt: skip
+    rep = reports.report(tmp_path, rank=1)
+    assert rep.rank == 1 and dict(info_lines(rep))["rank"].startswith("1 of 2 (")
+    single = tmp_path / "single"
+    writer = store.RunWriter(single, run_info={"model": "Net", "options": {"every": 1}}, flush_secs=60)
+    writer.append([{"step": s, "layer": "fc", "space": "weight", "stable_rank": 1.0, "status": "ok"} for s in range(30)])
+    writer.close()
+    assert reports.report(single).rank is None and "rank" not in dict(info_lines(reports.report(single)))
 
 
 def test_cli_report_takes_a_rank(tmp_path, capsys):
     _two_rank_run(tmp_path)
     assert cli.main(["report", str(tmp_path), "--rank", "1", "--width", "120"]) == 0
-    assert "20" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "20" in out and "rank" in out
     assert cli.main(["report", str(tmp_path), "--rank", "5"]) == 1
     assert "rank=5" in capsys.readouterr().err
