@@ -2,10 +2,11 @@
 
 A **phase** is a stretch of the series' smoothed level (:func:`~ndtracker.detect.smooth_level`,
 smoothed separately between jumps) with one direction. The rule every phase satisfies, with
-``L`` the level, ``start_level = L[start]`` (after a jump: ``L[start + 4]``) and ``end_level`` the
+``L`` the level, ``start_level = L[start]`` (at the series' start and after a jump:
+``L[start + 4]``) and ``end_level`` the
 level at the first sample after the phase; or, where a jump follows it or the series ends, the
 level *before* the jump (a phase that ends at a jump does not take the jump's change) at its last
-sample with a whole window, ``L[stop - 5]``. Beside a jump and at the end of the series the
+sample with a whole window, ``L[stop - 5]``. Beside a jump and at the two ends of the series the
 level's window shrinks to one sample; 4 samples in (``HALF_WIDTH``) it is a mean over 9 again, so
 the levels a phase is measured between are not one noisy sample each (a phase of 9 samples or
 fewer is measured at ``start`` and ``stop - 1``):
@@ -82,8 +83,8 @@ class Phase:
         relative_change: ``change / |start_level|``: what the label is about (at most
             ``-min_change`` for a collapse, at least ``min_change`` for an expansion).
         slope: ``change`` per finite sample of the phase.
-        start_level: Smoothed level at ``start``; where a jump starts the phase, 4 samples in
-            (``start + 4``), where the level has a whole window (at ``start`` for a phase of 9
+        start_level: Smoothed level at ``start``; where the series or a jump starts the phase, 4
+            samples in (``start + 4``), where the level has a whole window (at ``start`` for a phase of 9
             samples or fewer).
         end_level: Smoothed level at ``stop`` (the first sample of the next phase); or, where a
             jump starts the next phase or the series ends, the level before the jump (smoothed on
@@ -150,9 +151,10 @@ class _Rule:
         return hi - 1 - HALF_WIDTH if hi - lo > 2 * HALF_WIDTH + 1 else hi - 1
 
     def start(self, lo: int, hi: int) -> int:
-        """Index of the start level of ``[lo, hi)``: ``lo``; after a jump, ``lo + HALF_WIDTH``
-        where the level has a whole window, if the stretch is longer than a window."""
-        return lo + HALF_WIDTH if lo in self.cuts and hi - lo > 2 * HALF_WIDTH + 1 else lo
+        """Index of the start level of ``[lo, hi)``: ``lo``; at the series' start and after a jump,
+        ``lo + HALF_WIDTH`` where the level has a whole window (at ``lo`` it is the level of one
+        sample: a noisy start level hides a fast early fall), if the stretch is longer than a window."""
+        return lo + HALF_WIDTH if (lo == 0 or lo in self.cuts) and hi - lo > 2 * HALF_WIDTH + 1 else lo
 
     def kind(self, lo: int, hi: int) -> PhaseKind:
         """The kind of the stretch of finite samples ``[lo, hi)`` by its net change."""

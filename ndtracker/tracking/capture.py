@@ -148,7 +148,7 @@ class Capturer:
         if self._held_bytes > HELD_BYTES:
             held, self._held, self._held_bytes = self._held, [], 0
             self.measure_early(held)  # never raises (a failure is a NaN row, warned about)
-            if not (self.examples or self._options.similarity or self._options.probes):
+            if not (self.examples or self._options.similarity or self._options.linear_probes):
                 for layer in held:  # a 2-D capture doubles as the example rows no feature reads
                     layer.examples, layer.batch = None, 0
 

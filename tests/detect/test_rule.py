@@ -10,9 +10,9 @@ from ndtracker.detect import find_jumps, label_phases, phases_and_jumps, smooth_
 
 
 def start_index(start: int, stop: int, cuts: set[int]) -> int:
-    """Where a phase's start level is measured: at ``start``; after a jump, 4 samples in (a whole
-    window) if the phase is longer than a window (9 samples)."""
-    return start + 4 if start in cuts and stop - start > 9 else start
+    """Where a phase's start level is measured: at ``start``; at the series' start and after a
+    jump, 4 samples in (a whole window) if the phase is longer than a window (9 samples)."""
+    return start + 4 if (start == 0 or start in cuts) and stop - start > 9 else start
 
 
 def end_index(start: int, stop: int, n: int, cuts: set[int]) -> int:
