@@ -31,7 +31,7 @@ if TYPE_CHECKING:  # pragma: no cover
 EXAMPLES = """examples:
   ndtracker demo --out runs/demo
   ndtracker report runs/demo --html report.html
-  ndtracker report runs/exp1 --metric participation_ratio --layers 'blocks.*'
+  ndtracker report runs/exp1 --metric effective_rank --layers 'blocks.*'
   ndtracker compare runs/exp1 runs/exp2 --html compare.html
 """
 
