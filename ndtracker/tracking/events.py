@@ -217,6 +217,31 @@ def describe_event(event: dict[str, Any]) -> str:
     return f"{event['metric']} enters {event.get('phase')} at {where}"
 
 
+GROUPED = 3
+"""More events than this of one kind, metric and step (a collapse in every layer at once) log as one line."""
+
+
+def log_lines(events: list[dict[str, Any]]) -> list[tuple[int, str]]:
+    """The ``(level, message)`` lines that log ``events``: one per event, except that more than
+    :data:`GROUPED` events of one kind, direction or phase, metric and step make one line naming
+    the first few series and how many more (a 40-layer model entering collapse at one step logs
+    one warning, not 40)."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for event in events:
+        key = (event["kind"], event.get("phase"), event.get("direction") if event["kind"] == "jump" else None,
+               event["metric"], event["step"])  # fmt: skip
+        groups.setdefault(key, []).append(event)
+    lines = []
+    for (kind, phase, direction, metric, step), group in groups.items():
+        if len(group) <= GROUPED:
+            lines += [(log_level(event), describe_event(event)) for event in group]
+            continue
+        named = ", ".join(f"{e['layer']} ({e['space']})" for e in group[:GROUPED])
+        what = f"jump {'up' if (direction or 0) > 0 else 'down'} in {metric}" if kind == "jump" else f"{metric} enters {phase}"
+        lines.append((log_level(group[0]), f"{what} at step {step} in {len(group)} series: {named} and {len(group) - GROUPED} more"))
+    return lines
+
+
 def log_level(event: dict[str, Any]) -> int:
     """WARNING for a collapse phase, INFO for every other event."""
     return logging.WARNING if event.get("kind") == "phase" and event.get("phase") == "collapse" else logging.INFO
@@ -241,7 +266,8 @@ class EventEmitter:
         now = time.time()
         for event in events:
             event.setdefault("wall_time", now)
-            log.log(log_level(event), "%s", describe_event(event))
+        for level, message in log_lines(events):
+            log.log(level, "%s", message)
         try:
             self._writer.append_events(events)
         except Exception as error:

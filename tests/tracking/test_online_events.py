@@ -14,7 +14,7 @@ import ndtracker
 from ndtracker import Tracker, detect
 from ndtracker.detect import Jump, PhaseChange
 from ndtracker.tracking import OnlineEvent
-from ndtracker.tracking.events import BASE_STRIDE, _accepts
+from ndtracker.tracking.events import BASE_STRIDE, EventEmitter, _accepts
 from training_helpers import mlp
 
 
@@ -190,3 +190,33 @@ def test_an_on_event_that_raises_is_warned_about_once_and_training_goes_on(tmp_p
 def test_on_event_must_be_callable(tmp_path):
     with pytest.raises(TypeError, match="on_event must be a callable taking an OnlineEvent, or None, got 3"):
         Tracker(mlp(), on_event=3, log_dir=str(tmp_path))
+
+
+class _Written:
+    """A writer stand-in that keeps the event rows it is given."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict] = []
+
+    def append_events(self, rows: list[dict]) -> None:
+        self.rows += rows
+
+
+def test_many_series_entering_one_phase_at_one_step_log_one_line(caplog):
+    def phase(layer, space="activation", step=45, kind="collapse"):
+        return {"step": step, "layer": layer, "space": space, "metric": "stable_rank", "kind": "phase", "phase": kind}
+
+    events = [phase(f"block.{i}", space) for i in range(20) for space in ("activation", "weight")]
+    events += [phase("head", step=50), phase("block.0", kind="expansion")]
+    writer, received = _Written(), []
+    emitter = EventEmitter(writer, received.append, lambda *args: None)
+    with caplog.at_level(logging.INFO, logger="ndtracker"):
+        emitter.emit(events)
+    lines = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "ndtracker"]
+    assert lines == [
+        (logging.WARNING, "stable_rank enters collapse at step 45 in 40 series: block.0 (activation), "
+                          "block.0 (weight), block.1 (activation) and 37 more"),
+        (logging.WARNING, "stable_rank enters collapse at head (activation) step 50"),
+        (logging.INFO, "stable_rank enters expansion at block.0 (activation) step 45"),
+    ]  # fmt: skip
+    assert len(writer.rows) == len(received) == 42  # every event is still written and handed over
