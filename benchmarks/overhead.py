@@ -6,7 +6,8 @@ from a fixed teacher, tokens from a fixed Markov chain), each trained by several
 - ``bare``: the training loop alone (and ``bare again``, a second copy: the noise floor);
 - ``ours e=N``: the same loop with ``ndtracker.Tracker(model, every=N, log_dir=tmp)`` (default
   metrics, activations and weights), at every=1, 5 and 50, and at every=5 with all four metrics,
-  with weights every 50 steps only (``weight_every=50``), and with activations only;
+  with weights every 50 steps only (``weight_every=50``), with activations only, and without the
+  online detector (``detect=False``: what the in-loop events cost);
 - ``peer e=5``: the same loop with the peer's ``ndt.HighFrequencyTracker(model,
   sampling_frequency=5)`` and its ``tracker.log(step, loss.item())`` each step (as its docs show).
 
@@ -16,8 +17,10 @@ After warm-up rounds, figures are medians over rounds of per-round ratios to ``b
 
 - ``overhead``: mean step time / bare mean step time - 1;
 - ``non-sampled``: the same over the steps that are not sampled (t % every != 0) only, and
-  ``(not after)`` over those that do not follow a sampled step either (the step after a sample
-  refills the caches the measurement evicted; the one before it installs the hooks);
+  ``(apart)`` over those that are not next to a sampled step either: the step before a sample
+  measures its weights in ``tracker.step()`` (a step's weight row describes the weights its
+  forward used) and installs the hooks, the step after it refills the caches the measurement
+  evicted; so ``(apart)`` is the steps where the tracker has nothing to do;
 - ``ms/sample``: (arm time - bare time) in the round / samples in the round.
 
 Then the estimator each layer used (from the logs), the per-sample time of each layer and space
@@ -229,9 +232,10 @@ def arms(quick: bool) -> list[Arm]:
         Arm("ours e=5 w/50", "ours", 5, (("weight_every", 50),)),
         Arm("ours e=5 act", "ours", 5, (("spaces", "activation"),)),
         Arm("ours e=5 sr+pr", "ours", 5, (("metrics", ("stable_rank", "participation_ratio")),)),
+        Arm("ours e=5 no-detect", "ours", 5, (("detect", False),)),
         Arm("peer e=5", "peer", 5),
     ]
-    keep = {"bare", "bare again", "ours e=5", "ours e=5 sr+pr", "ours e=5 all4", "ours e=5 w/50", "peer e=5"}
+    keep = {"bare", "bare again", "ours e=5", "ours e=5 sr+pr", "ours e=5 no-detect", "ours e=5 w/50", "peer e=5"}
     return [arm for arm in everything if arm.name in keep] if quick else everything
 
 
@@ -321,7 +325,7 @@ def fold_round(runners: list[Runner], timings: dict[str, list[tuple[int, float]]
         arm, steps = runner.arm, timings[runner.arm.name]
         mean = statistics.fmean(s for _, s in steps)
         others = [s for t, s in steps if not arm.sampled(t)]
-        quiet = [s for t, s in steps if not (arm.sampled(t) or arm.sampled(t - 1))]
+        quiet = [s for t, s in steps if not (arm.sampled(t - 1) or arm.sampled(t) or arm.sampled(t + 1))]
         samples = sum(arm.sampled(t) for t, _ in steps)
         figures[arm.name].step_ms.append(mean * 1e3)
         figures[arm.name].overhead.append(mean / bare - 1)
@@ -333,7 +337,7 @@ def fold_round(runners: list[Runner], timings: dict[str, list[tuple[int, float]]
 
 def print_figures(figures: dict[str, Figures]) -> None:
     print(
-        f"  {'arm':16} {'step ms':>8} {'overhead':>9} {'non-sampled':>12} {'(not after)':>12} "
+        f"  {'arm':16} {'step ms':>8} {'overhead':>9} {'non-sampled':>12} {'(apart)':>12} "
         f"{'ms/sample':>10}   IQR of overhead"
     )
     for name, f in figures.items():
@@ -634,10 +638,10 @@ def print_targets(results: dict[str, dict[str, Figures]]) -> None:
         quiet = _median(figures["ours e=5"].quiet)
         noise = statistics.median(figures["bare again"].overhead)
         print(
-            f"    non-sampled steps < 1%: {_pct(others)} -> {_verdict(abs(others) < 0.01)}; not after a "
+            f"    non-sampled steps < 1%: {_pct(others)} -> {_verdict(abs(others) < 0.01)}; not next to a "
             f"sample: {_pct(quiet)} -> {_verdict(abs(quiet) < 0.01)} (bare vs bare again: {_pct(noise)})"
         )
-        for arm in ("ours e=5 sr+pr", "ours e=5 w/50", "ours e=5 act"):
+        for arm in ("ours e=5 sr+pr", "ours e=5 no-detect", "ours e=5 w/50", "ours e=5 act"):
             if arm in figures:
                 print(f"    {arm}: {_pct(statistics.median(figures[arm].overhead))}")
 

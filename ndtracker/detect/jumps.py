@@ -286,12 +286,17 @@ def _suppress(found: list[_Candidate]) -> list[_Candidate]:
     return sorted(kept, key=lambda c: c.t)
 
 
-def _jump_candidates(clipped: np.ndarray, opts: _JumpOptions) -> list[_Candidate]:
-    """All jumps of a finite series with outliers clipped (positions in it)."""
+def _jump_candidates(
+    clipped: np.ndarray, opts: _JumpOptions, edge: bool = True, noise: tuple[np.ndarray, np.ndarray] | None = None
+) -> list[_Candidate]:
+    """All jumps of a finite series with outliers clipped (positions in it); without the
+    one-sided test at its first ``min_window`` positions if not ``edge`` (where the online
+    detector's buffer no longer starts the series: those positions were decided long ago).
+    ``noise``: the local noise (:func:`_local_noise` of ``clipped``), if the caller has it."""
     if clipped.size < 2 * opts.min_window:
         return []
-    sigma, phi = _local_noise(clipped, opts.half_blocks)
-    edge = _edge_candidate(clipped, float(sigma[0]), float(phi[0]), opts)
+    sigma, phi = _local_noise(clipped, opts.half_blocks) if noise is None else noise
+    edge = _edge_candidate(clipped, float(sigma[0]), float(phi[0]), opts) if edge else None
     found = [] if edge is None else [edge]
     for w in opts.windows:
         if clipped.size >= 2 * w:

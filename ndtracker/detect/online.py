@@ -33,7 +33,7 @@ import numpy as np
 
 from ndtracker.detect.jumps import Jump, _jump_candidates, _JumpOptions, _to_jump
 from ndtracker.detect.phases import Phase, PhaseKind, _phases_of_finite, _PhaseOptions, _Where
-from ndtracker.detect._robust import _check, _clipped
+from ndtracker.detect._robust import _BLOCK, _check, _clipped, _local_noise
 
 __all__ = ["PhaseChange", "Event", "OnlineDetector"]
 
@@ -41,6 +41,7 @@ _CHECK_EVERY = 4  # values between two checks for jumps
 _PHASE_EVERY = 8  # values between two checks for phase changes
 _BUFFER = 512  # finite values kept
 _SETTLE = 28  # values after a phase change before it is reported
+_NOISE_EVERY = 16  # values between two estimates of the buffer's noise (where it is one estimate)
 
 
 @dataclass(frozen=True)
@@ -147,6 +148,7 @@ class OnlineDetector:
         self._reported: list[PhaseChange] = []
         self._finished = False
         self.skipped = 0
+        self._noise: tuple[int, int, tuple[np.ndarray, np.ndarray]] | None = None  # (at, blocks, noise)
 
     @property
     def jump_lag(self) -> int:
@@ -235,7 +237,10 @@ class OnlineDetector:
             steps[positions] = np.array(self._steps)
         opts = self._jump_options
         clipped = _clipped(y, opts.half_blocks, opts.min_window)
-        candidates = _jump_candidates(clipped, opts)
+        # the start's one-sided test only while its candidates could still be reported or
+        # suppress one that could (within 2 * min_window of the buffer's start)
+        edge = int(positions[min(positions.size - 1, 2 * opts.min_window)]) >= self._jumps_decided
+        candidates = _jump_candidates(clipped, opts, edge, self._buffer_noise(clipped))
         events: list[Event] = self._jump_events(candidates, positions, steps, final)
         if not final and self._finite % _PHASE_EVERY:
             return events
@@ -244,6 +249,19 @@ class OnlineDetector:
         where = _Where(positions, self._count, steps)
         phases = _phases_of_finite(y, candidates, where, self._phase_options)
         return events + self._phase_events(phases, final)
+
+    def _buffer_noise(self, clipped: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """The full buffer's local noise, estimated afresh every ``_NOISE_EVERY`` values where its
+        blocks all share one context (the default buffer of 512 values is 8 blocks, the context 15):
+        the estimate is then one value over the whole buffer, and it moves slowly as the buffer
+        slides. None (estimate it now) while the buffer fills or where it is longer."""
+        half_blocks = self._jump_options.half_blocks
+        blocks = -(-clipped.size // _BLOCK)
+        if clipped.size < self.buffer or blocks > 2 * half_blocks + 1:
+            return None
+        if self._noise is None or self._noise[1] != blocks or self._finite - self._noise[0] >= _NOISE_EVERY:
+            self._noise = (self._finite, blocks, _local_noise(clipped, half_blocks))
+        return self._noise[2]
 
     def _jump_events(self, candidates: list, positions: np.ndarray, steps: np.ndarray | None, final: bool) -> list[Event]:
         """Jumps at positions no later decision can change (``2 * min_window`` values seen after)."""

@@ -136,3 +136,16 @@ def test_online_rejects_what_is_not_a_number(value: object) -> None:
     with pytest.raises(TypeError, match="OnlineDetector.update: value must be a real number, got"):
         detector.update(value)  # type: ignore[arg-type]
     assert detector.update(np.float32(1.5)) == [] and detector.update(np.array(2.0)) == []
+
+
+def test_noise_reestimated_every_few_values_finds_the_same_jumps(monkeypatch) -> None:
+    """The full buffer's noise is one estimate, refreshed every ``_NOISE_EVERY`` values: the
+    jumps found equal those of a detector that re-estimates it at every check."""
+    import ndtracker.detect.online as online
+
+    rng = np.random.default_rng(3)
+    x = 50 + steps(4000, [700, 1500, 2300, 3100], [14.0, -12.0, 14.0, 16.0]) + ar1(4000, 0.3, rng)
+    cached = [e.index for e in run_online(x)[1] if isinstance(e, Jump)]
+    monkeypatch.setattr(online, "_NOISE_EVERY", 1)
+    fresh = [e.index for e in run_online(x)[1] if isinstance(e, Jump)]
+    assert cached == fresh and len(cached) >= 4
