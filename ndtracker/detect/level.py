@@ -70,9 +70,10 @@ def _running_median(y: np.ndarray, half: int, padded: np.ndarray | None = None) 
         starts, stops = _shrinking_windows(n, half)
         return np.array([np.median(y[a:b]) for a, b in zip(starts, stops)])
     out = _padded_running_median(y, half) if padded is None else padded.copy()  # exact away from the ends
-    for i in range(half):
-        out[i] = np.median(y[: 2 * i + 1])
-        out[n - 1 - i] = np.median(y[n - 1 - 2 * i :])
+    head, tail = y[: 2 * half - 1].tolist(), y[n - 2 * half + 1 :][::-1].tolist()
+    for i in range(half):  # an odd window's median is its middle value (a few values: sorted() is cheap)
+        out[i] = sorted(head[: 2 * i + 1])[i]
+        out[n - 1 - i] = sorted(tail[: 2 * i + 1])[i]
     return out
 
 
