@@ -42,6 +42,7 @@ _PHASE_EVERY = 8  # values between two checks for phase changes
 _BUFFER = 512  # finite values kept
 _SETTLE = 28  # values after a phase change before it is reported
 _NOISE_EVERY = 16  # values between two estimates of the buffer's noise (where it is one estimate)
+_NOISE_FROM = 256  # ... once the buffer holds this many values (before, each check estimates it)
 
 
 @dataclass(frozen=True)
@@ -251,13 +252,14 @@ class OnlineDetector:
         return events + self._phase_events(phases, final)
 
     def _buffer_noise(self, clipped: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-        """The full buffer's local noise, estimated afresh every ``_NOISE_EVERY`` values where its
+        """The buffer's local noise, estimated afresh every ``_NOISE_EVERY`` values where its
         blocks all share one context (the default buffer of 512 values is 8 blocks, the context 15):
-        the estimate is then one value over the whole buffer, and it moves slowly as the buffer
-        slides. None (estimate it now) while the buffer fills or where it is longer."""
+        the estimate is then one value over the whole buffer, and it moves slowly as values come.
+        None (estimate it now) while the buffer holds fewer than ``_NOISE_FROM`` values (an
+        estimate from few values is still moving) or where it is longer."""
         half_blocks = self._jump_options.half_blocks
         blocks = -(-clipped.size // _BLOCK)
-        if clipped.size < self.buffer or blocks > 2 * half_blocks + 1:
+        if clipped.size < min(self.buffer, _NOISE_FROM) or blocks > 2 * half_blocks + 1:
             return None
         if self._noise is None or self._noise[1] != blocks or self._finite - self._noise[0] >= _NOISE_EVERY:
             self._noise = (self._finite, blocks, _local_noise(clipped, half_blocks))
