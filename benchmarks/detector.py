@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ndtracker.detect import find_jumps, label_phases, phases_and_jumps
+from ndtracker.detect import OnlineDetector, find_jumps, label_phases, phases_and_jumps
 
 PEER = Path(__file__).resolve().parents[1] / ".bench" / "peer"
 TOLERANCE = 5
@@ -369,6 +369,23 @@ def timings() -> list[str]:
     return rows
 
 
+def online_timing(n: int = 3000, seeds: int = 3) -> list[str]:
+    """Rows: milliseconds per ``OnlineDetector.update`` (what the Tracker pays per series and
+    sample with ``detect=True``) over stretches of a long run: while the buffer fills and after."""
+    marks = (0, 256, 512, 1000, n)
+    per = {span: [] for span in zip(marks, marks[1:])}
+    for seed in range(seeds):
+        values = long_run_series(n, seed)
+        detector = OnlineDetector()
+        for a, b in per:
+            start = time.perf_counter()
+            for i in range(a, b):
+                detector.update(values[i], step=5 * i)
+            per[(a, b)].append((time.perf_counter() - start) / (b - a) * 1e3)
+    return [f"OnlineDetector.update, values {a}-{b}: {np.median(t):.3f} ms per value (median of {seeds})"
+            for (a, b), t in per.items()]  # fmt: skip
+
+
 def long_run_series(n: int, seed: int) -> np.ndarray:
     """A metric of a long run, in noise-sd units before a random affine map: a collapse, a slow
     drift, three shifts of 3 to 10 sd, spikes, and Gaussian or Student t3 noise."""
@@ -439,7 +456,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     worst_phase = min(float(row.split()[2]) for row in rows[2:])
     print(f"lowest mean phase accuracy {worst_phase:.3f}, target >= {TARGET_PHASES}\n")
     print("\n".join(phase_nulls(seeds)) + "\n")
-    print("\n".join(timings() + batch_timing(20 if args.quick else 100)))
+    print("\n".join(timings() + batch_timing(20 if args.quick else 100) + online_timing()))
     met = recall >= TARGET_RECALL and extra <= TARGET_EXTRA and worst <= TARGET_FP
     met = met and contract >= TARGET_RECALL and contract_extra <= TARGET_EXTRA and default_worst <= TARGET_FP
     met = met and valid and fp_fixtures == 0 and worst_phase >= TARGET_PHASES
