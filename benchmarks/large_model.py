@@ -23,7 +23,6 @@ bare-like step of the cycle); the memory figure is two more steps under the mete
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
 import math
 import statistics

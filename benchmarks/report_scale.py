@@ -35,7 +35,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ndtracker import reports as reporting, store
+from ndtracker import store
 from ndtracker.reports import build
 from ndtracker.reports import analysis
 from ndtracker.reports.terminal import progress_bar

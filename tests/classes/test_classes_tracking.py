@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import math
 import warnings
 
-import numpy as np
-import pandas as pd
 import pytest
 import torch
 from torch import nn

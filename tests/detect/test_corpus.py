@@ -12,25 +12,12 @@ import pytest
 
 from ndtracker.detect import Phase, find_jumps, label_phases, phases_and_jumps, smooth_level
 from ndtracker.detect.level import _level_of_finite
+from rule_levels import end_index, start_index
 
 CORPUS = Path(__file__).parent / "corpus"
 RUNS = sorted(path.stem for path in CORPUS.glob("*.npz"))
 MIN_CHANGE = 0.05  # label_phases' default
 Z = 4.0  # label_phases' trend_threshold
-
-
-def start_index(start: int, stop: int, cuts: set[int]) -> int:
-    """Where a phase's start level is measured: at ``start``; at the series' start and after a
-    jump, 4 samples in (a whole window) if the phase is longer than a window (9 samples)."""
-    return start + 4 if (start == 0 or start in cuts) and stop - start > 9 else start
-
-
-def end_index(start: int, stop: int, n: int, cuts: set[int]) -> int:
-    """Where a phase's end level is measured: at ``stop``; before a jump or the series' end, at its
-    last sample with a whole window (4 samples in) if it is longer than a window (9), else at ``stop - 1``."""
-    if stop < n and stop not in cuts:
-        return stop
-    return stop - 5 if stop - start > 9 else stop - 1
 
 
 def corpus(run: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:

@@ -16,7 +16,6 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import torch
-from torch import nn
 
 import ndtracker
 from ndtracker.errors import SchemaError

@@ -11,6 +11,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from class_oracle import class_statistics
+
 import ndtracker
 from ndtracker import Tracker
 from ndtracker.spectra.probes import RIDGE, split
@@ -60,34 +62,6 @@ def ridge_accuracy(features: np.ndarray, labels: np.ndarray) -> float:
     return float((predicted == labels[scored]).mean())
 
 
-def class_statistics(h: np.ndarray, y: np.ndarray) -> dict[str, float]:
-    """nc1, radius, dimension, centre alignment and NCC accuracy by their definitions (float64)."""
-    classes = np.unique(y)
-    mu = h.mean(0)
-    means = np.stack([h[y == c].mean(0) for c in classes])
-    residual = h - means[np.searchsorted(classes, y)]
-    within = residual.T @ residual / len(y)
-    between = (means - mu).T @ (means - mu) / len(classes)
-    values, vectors = np.linalg.eigh(between)
-    keep = values > 1e-6 * values[-1]
-    pinv = (vectors[:, keep] / values[keep]) @ vectors[:, keep].T
-    radius, dimension = [], []
-    for c, mean in zip(classes, means):
-        r = residual[y == c]
-        radius.append(np.sqrt((r**2).sum(1).mean()) / np.linalg.norm(mean - mu))
-        cov = r.T @ r / len(r)
-        dimension.append(np.trace(cov) ** 2 / np.trace(cov @ cov))
-    unit = (means - mu) / np.linalg.norm(means - mu, axis=1, keepdims=True)
-    cosines = np.abs(unit @ unit.T)
-    pairs = len(classes) * (len(classes) - 1)
-    nearest = np.linalg.norm(h[:, None, :] - means[None], axis=2).argmin(1)
-    return {
-        "nc1": float(np.trace(within @ pinv) / len(classes)), "radius": float(np.mean(radius)),
-        "dimension": float(np.mean(dimension)), "center_alignment": float((cosines.sum() - len(classes)) / pairs),
-        "ncc_accuracy": float((classes[nearest] == y).mean()),
-    }  # fmt: skip
-
-
 def train(model: nn.Module, tracker: Tracker, steps: int, expected=None, probe_x=None, **step_args) -> None:
     """SGD on random batches; before each update, the oracle's outputs of the probe (if asked)."""
     opt = torch.optim.SGD(model.parameters(), lr=0.2)
@@ -120,6 +94,8 @@ def test_probe_accuracy_and_class_rows_equal_direct_computations_on_the_step_s_w
     for row in classes.itertuples():
         want = class_statistics(expected[row.step][row.layer], y.numpy())
         for name, value in want.items():
+            if name == "axes_alignment":  # power iteration: checked in tests/classes
+                continue
             # the capture is a float32 copy, centred in float32: NC1 (ill-conditioned here) to ~1e-5
             assert getattr(row, name) == pytest.approx(value, rel=1e-4, abs=1e-9), (row.step, row.layer, name)
 
