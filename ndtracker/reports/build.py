@@ -215,7 +215,12 @@ def _series(layer: str, space: str, cols: dict[str, np.ndarray], statuses: list[
     if steps.size > 1 and np.any(steps[1:] < steps[:-1]):
         order = np.argsort(steps, kind="stable")
         steps, values, loss = steps[order], values[order], loss[order]
-    return Series(layer, space, steps, values, loss, _problems(cols.get("status"), statuses))
+    repeated = 0
+    if steps.size > 1 and np.any(steps[1:] == steps[:-1]):  # the later row of a step wins
+        last = np.r_[steps[1:] != steps[:-1], True]
+        repeated = int(steps.size - np.count_nonzero(last))
+        steps, values, loss = steps[last], values[last], loss[last]
+    return Series(layer, space, steps, values, loss, _problems(cols.get("status"), statuses), repeated)
 
 
 def _problems(codes: np.ndarray | None, statuses: list[str]) -> tuple[tuple[str, int], ...]:
@@ -292,7 +297,8 @@ def _assemble(
 
 
 def _problem_notes(series: list[Series]) -> list[str]:
-    """Return one note per series with non-finite samples or a status other than ``ok``."""
+    """Return one note per series with non-finite samples, a status other than ``ok``, or steps
+    logged twice."""
     notes = []
     for item in series:
         nonfinite = int((~np.isfinite(item.values)).sum())
@@ -301,6 +307,12 @@ def _problem_notes(series: list[Series]) -> list[str]:
             notes.append(
                 f"{display_name(item.layer)} ({item.space}): {nonfinite} of {item.values.size} "
                 f"samples not finite" + (f"; status {why}" if why else "")
+            )
+        if item.repeated:
+            notes.append(
+                f"{display_name(item.layer)} ({item.space}): {item.repeated} rows at steps logged again "
+                "later were left out (the later row of each step is shown): rows of several ranks? "
+                "report one with rank="
             )
     return notes
 

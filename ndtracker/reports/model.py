@@ -81,6 +81,8 @@ class Series:
         values: The metric at those steps, shape (n,), float64; NaN where not measured.
         loss: The loss logged at those steps, shape (n,), float64; NaN where not given.
         problems: (status, count) for samples whose status is not ``"ok"``.
+        repeated: Rows dropped because their step was logged again later (rows of several ranks
+            read together); the later row is kept.
     """
 
     layer: str
@@ -89,6 +91,7 @@ class Series:
     values: np.ndarray
     loss: np.ndarray
     problems: tuple[tuple[str, int], ...] = ()
+    repeated: int = 0
 
 
 @dataclass(frozen=True, eq=False)

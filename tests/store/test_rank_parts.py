@@ -96,3 +96,12 @@ def test_cli_report_takes_a_rank(tmp_path, capsys):
     assert "20" in out and "rank" in out
     assert cli.main(["report", str(tmp_path), "--rank", "5"]) == 1
     assert "rank=5" in capsys.readouterr().err
+
+
+def test_a_run_holding_two_ranks_rows_while_its_run_json_says_one_reports_with_a_note(tmp_path):
+    """Rows of two ranks read together (a hand-edited or mixed run.json) give one row per step and
+    a note, not the detector's traceback on repeated steps."""
+    _two_rank_run(tmp_path, {"model": "Net", "options": {"every": 1}, "distributed": {"ranks": 0}})
+    rep = reports.report(tmp_path)
+    assert all(s.repeated == 60 and s.steps.tolist() == list(range(60)) for s in rep.series)
+    assert any("60 rows at steps logged again later were left out" in note for note in rep.notes)
