@@ -32,6 +32,7 @@ from typing import Union
 import numpy as np
 
 from ndtracker.detect.jumps import Jump, _jump_candidates, _JumpOptions, _to_jump
+from ndtracker.detect.level import _shared_median
 from ndtracker.detect.phases import Phase, PhaseKind, _phases_of_finite, _PhaseOptions, _Where
 from ndtracker.detect._robust import _BLOCK, _check, _clipped, _local_noise
 
@@ -237,7 +238,8 @@ class OnlineDetector:
         if steps is not None:
             steps[positions] = np.array(self._steps)
         opts = self._jump_options
-        clipped = _clipped(y, opts.half_blocks, opts.min_window)
+        padded = _shared_median(y, opts.min_window)  # one running median for both clippings
+        clipped = _clipped(y, opts.half_blocks, opts.min_window, padded)
         # the start's one-sided test only while its candidates could still be reported or
         # suppress one that could (within 2 * min_window of the buffer's start)
         edge = int(positions[min(positions.size - 1, 2 * opts.min_window)]) >= self._jumps_decided
@@ -248,7 +250,7 @@ class OnlineDetector:
         if y.size < self._phase_options.min_length:
             return events + self._phase_events([], final)
         where = _Where(positions, self._count, steps)
-        phases = _phases_of_finite(y, candidates, where, self._phase_options)
+        phases = _phases_of_finite(y, candidates, where, self._phase_options, padded)
         return events + self._phase_events(phases, final)
 
     def _buffer_noise(self, clipped: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
