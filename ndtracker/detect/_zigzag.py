@@ -102,7 +102,6 @@ class _Scan:
         swings.append((pivot, start + int(np.argmax(v)), direction))
         return swings
 
-
     def confirmed(
         self, swings: list[tuple[int, int, int]], time: np.ndarray, rounded: int
     ) -> list[tuple[int, int, int]]:

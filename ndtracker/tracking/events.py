@@ -206,15 +206,21 @@ class StepAxis:
         return run[1] + run[2] * (index - run[0])
 
 
+def _headline(event: dict[str, Any]) -> str:
+    """What happened, without where: ``jump up in stable_rank`` or ``stable_rank enters collapse``."""
+    if event["kind"] == "jump":
+        return f"jump {'up' if (event.get('direction') or 0) > 0 else 'down'} in {event['metric']}"
+    return f"{event['metric']} enters {event.get('phase')}"
+
+
 def describe_event(event: dict[str, Any]) -> str:
     """One log line for an event row."""
     where = f"{event['layer']} ({event['space']}) step {event['step']}"
     if event["kind"] == "jump":
-        arrow = "up" if event.get("direction", 0) > 0 else "down"
         relative = event.get("relative_size")
         share = "" if relative is None or math.isnan(relative) else f" ({relative:+.0%})"
-        return f"jump {arrow} in {event['metric']} at {where}: size {event.get('size'):.3g}{share}"
-    return f"{event['metric']} enters {event.get('phase')} at {where}"
+        return f"{_headline(event)} at {where}: size {event.get('size'):.3g}{share}"
+    return f"{_headline(event)} at {where}"
 
 
 GROUPED = 3
@@ -223,22 +229,20 @@ GROUPED = 3
 
 def log_lines(events: list[dict[str, Any]]) -> list[tuple[int, str]]:
     """The ``(level, message)`` lines that log ``events``: one per event, except that more than
-    :data:`GROUPED` events of one kind, direction or phase, metric and step make one line naming
-    the first few series and how many more (a 40-layer model entering collapse at one step logs
-    one warning, not 40)."""
-    groups: dict[tuple, list[dict[str, Any]]] = {}
+    :data:`GROUPED` events with one headline (kind, direction or phase, metric) at one step make one
+    line naming the first few series and how many more (a 40-layer model entering collapse at one
+    step logs one warning, not 40)."""
+    groups: dict[tuple[str, Any], list[dict[str, Any]]] = {}
     for event in events:
-        key = (event["kind"], event.get("phase"), event.get("direction") if event["kind"] == "jump" else None,
-               event["metric"], event["step"])  # fmt: skip
-        groups.setdefault(key, []).append(event)
+        groups.setdefault((_headline(event), event["step"]), []).append(event)
     lines = []
-    for (kind, phase, direction, metric, step), group in groups.items():
+    for (headline, step), group in groups.items():
         if len(group) <= GROUPED:
             lines += [(log_level(event), describe_event(event)) for event in group]
             continue
         named = ", ".join(f"{e['layer']} ({e['space']})" for e in group[:GROUPED])
-        what = f"jump {'up' if (direction or 0) > 0 else 'down'} in {metric}" if kind == "jump" else f"{metric} enters {phase}"
-        lines.append((log_level(group[0]), f"{what} at step {step} in {len(group)} series: {named} and {len(group) - GROUPED} more"))
+        told = f"{headline} at step {step} in {len(group)} series: {named} and {len(group) - GROUPED} more"
+        lines.append((log_level(group[0]), told))
     return lines
 
 
