@@ -14,7 +14,7 @@ about once and costs the figures of that sample.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -111,8 +111,12 @@ class Pending:
         for name, rows_, work in self.probes:
             result = probe_result(rows_, work, list(next(values)) if isinstance(work, torch.Tensor) else None)
             accuracies[name] = result.accuracy if result.status == "ok" else None
-        norms = {name: float(next(values)[0]) for owners, _ in self.gradients for name in owners}
+        norms = {name: norm for owners, norm in self._gradient_values(values) for name in owners}
         return Finished(rows, condensed, accuracies, norms)
+
+    def _gradient_values(self, values: Iterator[np.ndarray]) -> list[tuple[list[str], float]]:
+        """Each weight's norm, once per weight (a tied weight has several owners)."""
+        return [(owners, float(next(values)[0])) for owners, _ in self.gradients]
 
 
 def finish_all(pendings: Sequence[Pending], warn: Warn) -> list[Finished]:

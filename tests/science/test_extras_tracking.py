@@ -143,3 +143,22 @@ def test_frozen_weights_have_no_grad_norm(tmp_path):
         tracker.step()
     weights = ndtracker.load(tmp_path).query("space == 'weight'").set_index("layer")
     assert math.isnan(weights.grad_norm["0"]) and weights.grad_norm["2"] > 0
+
+
+def test_a_tied_weight_reads_its_norm_once_for_all_its_layers(tmp_path):
+    """Two layers sharing one weight (as an embedding and a tied output head) both log its norm,
+    and the layers after them keep their own (one read per weight, not per owner)."""
+    torch.manual_seed(0)
+    first, tied, last = nn.Linear(12, 12), nn.Linear(12, 12), nn.Linear(12, 3)
+    tied.weight = first.weight
+    model = nn.Sequential(first, nn.Tanh(), tied, nn.Tanh(), last)
+    with Tracker(model, every=1, log_dir=str(tmp_path), gradients=True, detect=False) as tracker:
+        x, y = _batch(0)
+        nn.functional.cross_entropy(model(x), y).backward()
+        want = {"0": first.weight.grad.norm().item(), "2": first.weight.grad.norm().item(),
+                "4": last.weight.grad.norm().item()}  # fmt: skip
+        tracker.step()
+    rows = ndtracker.load(tmp_path)
+    weights = rows[(rows.space == "weight") & (rows.step == 0)].set_index("layer")
+    for name, norm in want.items():
+        assert weights.loc[name, "grad_norm"] == pytest.approx(norm, rel=1e-5), name
