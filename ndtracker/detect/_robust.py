@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
@@ -25,6 +27,7 @@ _PHI_GRID = np.linspace(0.0, _MAX_PHI, 91)
 _LAGS = np.array([1, 2, 4, 8, 16])  # lags of the variogram fitted by the AR(1) noise model
 _MAD = 1.4826  # MAD -> sd for Gaussian data
 _MEAN_AD = 1.2533  # mean absolute deviation -> sd for Gaussian data
+_CACHED = 16384  # block layouts of series up to this many samples in all are cached
 
 
 def _check(name: str, value: object, low: float, high: float = math.inf, *, integer: bool = False) -> None:
@@ -67,55 +70,144 @@ def _check_steps(steps: ArrayLike | None, n: int, caller: str) -> np.ndarray | N
     return array
 
 
-def _row_median(rows: np.ndarray) -> np.ndarray:
-    """Median of each row of a 2-D array (as :func:`numpy.median`, by partial sorting)."""
-    half, odd = divmod(rows.shape[1], 2)
-    if odd:
-        return np.partition(rows, half, axis=1)[:, half]
-    middle = np.partition(rows, (half - 1, half), axis=1)[:, half - 1 : half + 1]
-    return (middle[:, 0] + middle[:, 1]) / 2
+@dataclass(frozen=True)
+class _Segments:
+    """Segments ``values[start : start + length]`` of a flat array, as the index of a matrix whose
+    row ``i`` is segment ``i``, padded to the longest with ``size``: the index of an ``inf``
+    appended to the array (padding sorts last)."""
+
+    index: np.ndarray
+    lengths: np.ndarray
+
+    @classmethod
+    def of(cls, starts: np.ndarray, lengths: np.ndarray, size: int) -> _Segments:
+        columns = np.arange(int(lengths.max(initial=1)))
+        return cls(np.where(columns < lengths[:, None], starts[:, None] + columns, size), lengths)
+
+    def rows(self, values: np.ndarray) -> np.ndarray:
+        """The segments of ``values`` (of the ``size`` given) as rows, padded with ``inf``."""
+        return np.append(values, np.inf)[self.index]
 
 
-def _middle_distances(ordered: np.ndarray, centre: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The ``k``-th and ``(k + 1)``-th smallest ``|ordered[i, j] - centre[i]|`` of each row, rows
-    sorted ascending (the second is inf if a row has only k values).
+def _sorted_median(ordered: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Median of the first ``lengths[i]`` values of each row of ``ordered`` (rows sorted ascending)."""
+    half, odd = np.divmod(lengths, 2)
+    rows = np.arange(lengths.size)
+    upper, lower = ordered[rows, half], ordered[rows, np.maximum(half - 1, 0)]
+    return np.where(odd == 1, upper, (lower + upper) / 2)
+
+
+def _middle_distances(
+    ordered: np.ndarray, centre: np.ndarray, k: np.ndarray, lengths: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k[i]``-th and ``(k[i] + 1)``-th smallest ``|ordered[i, j] - centre[i]|`` over the first
+    ``lengths[i]`` values of each row, rows sorted ascending (the second is inf if a row has only
+    ``k[i]`` values).
 
     The ``k`` values nearest a point are ``k`` consecutive ones of a sorted row, so the ``k``-th
     smallest distance is the smallest, over such runs, of the distance to the farther end.
     """
-    width = ordered.shape[1] - k + 1
-    below, above = centre[:, None] - ordered[:, :width], ordered[:, k - 1 :] - centre[:, None]
-    kth = np.maximum(below, above).min(axis=1)
-    return kth, np.maximum(below[:, :-1], above[:, 1:]).min(axis=1, initial=np.inf)
+    width = (lengths - k + 1)[:, None]
+    columns = np.arange(int(width.max()))
+    last = ordered.shape[1] - 1
+    below = centre[:, None] - ordered[:, : columns.size]
+    above = np.take_along_axis(ordered, np.minimum(columns + k[:, None] - 1, last), axis=1) - centre[:, None]
+    beyond = np.take_along_axis(ordered, np.minimum(columns + k[:, None], last), axis=1) - centre[:, None]
+    kth = np.where(columns < width, np.maximum(below, above), np.inf).min(axis=1)
+    return kth, np.where(columns < width - 1, np.maximum(below, beyond), np.inf).min(axis=1)
+
+
+def _segment_robust_sd(values: np.ndarray, segments: _Segments) -> np.ndarray:
+    """Robust sd of each segment of ``values``: MAD about the median, or the mean absolute
+    deviation if the MAD is 0; all segments sorted at once."""
+    rows, lengths = segments.rows(values), segments.lengths
+    ordered = np.sort(rows, axis=1)  # sorting short rows is faster than partitioning them
+    median = _sorted_median(ordered, lengths)
+    half, odd = np.divmod(lengths, 2)
+    kth, beyond = _middle_distances(ordered, median, half + odd, lengths)
+    mad = np.where(odd == 1, kth, (kth + beyond) / 2)
+    zero = mad == 0
+    mad = _MAD * mad
+    for length in np.unique(lengths[zero]):  # (rows of one length at once, as numpy sums them)
+        at = np.flatnonzero(zero & (lengths == length))
+        mad[at] = _MEAN_AD * np.abs(rows[at, :length] - median[at, None]).mean(axis=1)
+    return mad
 
 
 def _robust_sd(rows: np.ndarray) -> np.ndarray:
-    """Robust sd of each row: MAD about the median, or the mean absolute deviation if the MAD is 0."""
-    ordered = np.sort(rows, axis=1)  # sorting short rows is faster than partitioning them
-    half, odd = divmod(rows.shape[1], 2)
-    if odd:
-        median = ordered[:, half]
-        mad = _middle_distances(ordered, median, half + 1)[0]
-    else:
-        median = (ordered[:, half - 1] + ordered[:, half]) / 2
-        mad = np.add(*_middle_distances(ordered, median, half)) / 2
-    zero = np.flatnonzero(mad == 0)
-    mad = _MAD * mad
-    mad[zero] = _MEAN_AD * np.abs(rows[zero] - median[zero, None]).mean(axis=1)
-    return mad
+    """Robust sd of each row of a 2-D array (:func:`_segment_robust_sd`)."""
+    count, width = rows.shape
+    segments = _Segments.of(np.arange(count) * width, np.full(count, width), rows.size)
+    return _segment_robust_sd(rows.ravel(), segments)
+
+
+def _block_rows(size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The blocks of ``size`` samples: starts and lengths of the rows whose robust sds they get,
+    and each block's row. Blocks have ``_BLOCK`` samples, aligned at 0; a last block of fewer
+    than half as many is pooled with the one before it (both get the pooled row)."""
+    full, tail = divmod(size, _BLOCK)
+    count = full + (tail > 0)
+    starts, lengths, rows = np.arange(count) * _BLOCK, np.full(count, _BLOCK), np.arange(count)
+    lengths[full:] = tail
+    if full and 0 < tail < _BLOCK // 2:
+        starts, lengths = starts[:-1], lengths[:-1]
+        lengths[-1], rows[-1] = _BLOCK + tail, count - 2
+    return starts, lengths, rows
+
+
+@dataclass(frozen=True)
+class _Contexts:
+    """Where the blocks of some series, and each block's context, lie: the rows of the block
+    robust sds in the series concatenated, each block's row, and each context's blocks in the
+    blocks of all series concatenated."""
+
+    rows: _Segments
+    of_block: np.ndarray
+    windows: _Segments
+
+
+def _contexts(sizes: tuple[int, ...], half_blocks: int, n_blocks: int) -> _Contexts:
+    """The blocks of series of ``sizes`` samples, and the ``n_blocks`` contexts of each: the
+    ``2 * half_blocks + 1`` blocks around each (fewer if the series has fewer), shifted inward at
+    its ends. Cached for small series (an online detector's buffer has few sizes)."""
+    if sum(sizes) <= _CACHED:
+        return _cached_contexts(sizes, half_blocks, n_blocks)
+    return _cached_contexts.__wrapped__(sizes, half_blocks, n_blocks)
+
+
+@lru_cache(maxsize=32)
+def _cached_contexts(sizes: tuple[int, ...], half_blocks: int, n_blocks: int) -> _Contexts:
+    starts, lengths, of_block, lows, widths = [], [], [], [], []
+    offset = rows = blocks = 0
+    for size in sizes:
+        first, length, row = _block_rows(size)
+        width = min(2 * half_blocks + 1, row.size)
+        starts.append(offset + first)
+        lengths.append(length)
+        of_block.append(rows + row)
+        lows.append(blocks + np.clip(np.arange(n_blocks) - half_blocks, 0, row.size - width))
+        widths.append(np.full(n_blocks, width))
+        offset, rows, blocks = offset + size, rows + first.size, blocks + row.size
+    join = np.concatenate
+    return _Contexts(
+        _Segments.of(join(starts), join(lengths), offset), join(of_block), _Segments.of(join(lows), join(widths), blocks)
+    )
 
 
 def _block_sd(v: np.ndarray) -> np.ndarray:
     """Robust sd of ``v`` in each block of ``_BLOCK`` samples; a last block of fewer than half as
     many is pooled with the one before it (both get the pooled value)."""
-    full, tail = divmod(v.size, _BLOCK)
-    sds = _robust_sd(v[: full * _BLOCK].reshape(full, _BLOCK))
-    if tail and (tail >= _BLOCK // 2 or not full):
-        return np.append(sds, _robust_sd(v[None, full * _BLOCK :]))
-    if tail:
-        sds[-1:] = _robust_sd(v[None, (full - 1) * _BLOCK :])
-        return np.append(sds, sds[-1])
-    return sds
+    starts, lengths, rows = _block_rows(v.size)
+    return _segment_robust_sd(v, _Segments.of(starts, lengths, v.size))[rows]
+
+
+def _context_sds(vs: list[np.ndarray], half_blocks: int, n_blocks: int) -> np.ndarray:
+    """:func:`_context_sd` of each of ``vs``, one row each: one sort serves the blocks of all of
+    them, and one the contexts."""
+    where = _contexts(tuple(v.size for v in vs), half_blocks, n_blocks)
+    per_block = _segment_robust_sd(np.concatenate(vs), where.rows)[where.of_block]
+    ordered = np.sort(where.windows.rows(per_block), axis=1)
+    return _sorted_median(ordered, where.windows.lengths).reshape(len(vs), n_blocks)
 
 
 def _context_sd(v: np.ndarray, half_blocks: int, n_blocks: int) -> np.ndarray:
@@ -124,10 +216,7 @@ def _context_sd(v: np.ndarray, half_blocks: int, n_blocks: int) -> np.ndarray:
 
     Entry ``i`` of ``v`` belongs to block ``i // _BLOCK``.
     """
-    per_block = _block_sd(v)
-    width = min(2 * half_blocks + 1, per_block.size)
-    lows = np.clip(np.arange(n_blocks) - half_blocks, 0, per_block.size - width)
-    return _row_median(sliding_window_view(per_block, width))[lows]
+    return _context_sds([v], half_blocks, n_blocks)[0]
 
 
 def _running_median(y: np.ndarray, half: int) -> np.ndarray:
@@ -159,8 +248,15 @@ def _end_level(y: np.ndarray) -> float:
     this is ``y[0]``; an outlying ``y[0]`` is outvoted by the two samples after it."""
     if y.size < 3:
         return float(y[0])
-    d = float(np.median(np.diff(y)))
-    return float(np.median(y[:3] - d * np.arange(3)))
+    d = _median_of_few(np.diff(y))
+    return _median_of_few(y[:3] - d * np.arange(3))
+
+
+def _median_of_few(values: np.ndarray) -> float:
+    """Median of a few values (as :func:`numpy.median`, without its overhead)."""
+    ordered = sorted(values.tolist())
+    half, odd = divmod(len(ordered), 2)
+    return ordered[half] if odd else (ordered[half - 1] + ordered[half]) / 2
 
 
 def _local_scale(v: np.ndarray, half_blocks: int) -> np.ndarray:
@@ -218,9 +314,8 @@ def _local_noise(y: np.ndarray, half_blocks: int) -> tuple[np.ndarray, np.ndarra
     lags = _LAGS[_LAGS <= y.size // 6]
     if lags.size < 2:
         return np.zeros(n_blocks), np.zeros(n_blocks)
-    variances = np.stack(
-        [_context_sd(_second_differences(y, k), half_blocks, n_blocks) ** 2 for k in lags], axis=1
-    )
+    sds = _context_sds([_second_differences(y, k) for k in lags], half_blocks, n_blocks)
+    variances = np.ascontiguousarray(sds.T**2)
     sigma, phi = _ar1_fit(variances, lags)
     sigma = np.maximum(sigma, 1e-12 * _rounding_scale(y, n_blocks))
     return sigma, phi

@@ -29,9 +29,10 @@ from ndtracker.detect._robust import (
     _check,
     _check_steps,
     _clipped,
-    _context_sd,
+    _context_sds,
     _local_noise,
     _local_scale,
+    _median_of_few,
     _prepare,
     _second_differences,
 )
@@ -68,7 +69,7 @@ def _running_median(y: np.ndarray, half: int, padded: np.ndarray | None = None) 
     n = y.size
     if n <= 2 * half:
         starts, stops = _shrinking_windows(n, half)
-        return np.array([np.median(y[a:b]) for a, b in zip(starts, stops)])
+        return np.array([_median_of_few(y[a:b]) for a, b in zip(starts, stops)])
     out = _padded_running_median(y, half) if padded is None else padded.copy()  # exact away from the ends
     head, tail = y[: 2 * half - 1].tolist(), y[n - 2 * half + 1 :][::-1].tolist()
     for i in range(half):  # an odd window's median is its middle value (a few values: sorted() is cheap)
@@ -109,8 +110,7 @@ def _residual_noise(clipped: np.ndarray, level: np.ndarray) -> tuple[np.ndarray,
     """
     n_blocks = max(1, -(-clipped.size // _BLOCK))
     residuals = clipped - level
-    sd = _context_sd(residuals, _NOISE_BLOCKS, n_blocks)
-    step_sd = _context_sd(np.diff(residuals), _NOISE_BLOCKS, n_blocks)
+    sd, step_sd = _context_sds([residuals, np.diff(residuals)], _NOISE_BLOCKS, n_blocks)
     with np.errstate(divide="ignore", invalid="ignore"):
         rho = np.where(sd > 0, 1.0 - step_sd**2 / (2.0 * sd**2), 0.0)
     return sd * np.interp(rho, _RHO, _LEVEL_RATIO), sd * np.interp(rho, _RHO, _SAMPLE_RATIO)
@@ -143,9 +143,8 @@ def _short_lag_noise(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     lags = _NOISE_LAGS[_NOISE_LAGS <= y.size // 6]
     if lags.size < 2:
         return _local_noise(y, _NOISE_BLOCKS)
-    variances = np.stack(
-        [_context_sd(_second_differences(y, k), _NOISE_BLOCKS, n_blocks) ** 2 for k in lags], axis=1
-    )
+    sds = _context_sds([_second_differences(y, k) for k in lags], _NOISE_BLOCKS, n_blocks)
+    variances = np.ascontiguousarray(sds.T**2)
     sigma, phi = _ar1_fit(variances, lags)
     return sigma, phi
 
