@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
@@ -74,7 +74,8 @@ def _check_steps(steps: ArrayLike | None, n: int, caller: str) -> np.ndarray | N
 class _Segments:
     """Segments ``values[start : start + length]`` of a flat array, as the index of a matrix whose
     row ``i`` is segment ``i``, padded to the longest with ``size``: the index of an ``inf``
-    appended to the array (padding sorts last)."""
+    appended to the array (padding sorts last). The positions of the order statistics that
+    medians and MADs read in the sorted rows are computed once per layout."""
 
     index: np.ndarray
     lengths: np.ndarray
@@ -88,49 +89,63 @@ class _Segments:
         """The segments of ``values`` (of the ``size`` given) as rows, padded with ``inf``."""
         return np.append(values, np.inf)[self.index]
 
+    @cached_property
+    def middle(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Flat indices in the sorted rows of each row's two middle values (one value twice in a
+        row of odd length), and whether its length is odd."""
+        half, odd = np.divmod(self.lengths, 2)
+        first = np.arange(self.lengths.size) * self.index.shape[1]
+        return first + half - 1 + odd, first + half, odd == 1
 
-def _sorted_median(ordered: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """Median of the first ``lengths[i]`` values of each row of ``ordered`` (rows sorted ascending)."""
-    half, odd = np.divmod(lengths, 2)
-    rows = np.arange(lengths.size)
-    upper, lower = ordered[rows, half], ordered[rows, np.maximum(half - 1, 0)]
-    return np.where(odd == 1, upper, (lower + upper) / 2)
+    @cached_property
+    def runs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """For the MAD of each sorted row, ``k`` the rank of its median distance (``half`` of its
+        length, rounded up): flat indices of the last of ``k`` and of ``k + 1`` consecutive values
+        from each column on, and whether those runs lie within the row."""
+        k = -(-self.lengths // 2)[:, None]
+        width = self.lengths[:, None] - k + 1
+        columns = np.arange(int(width.max(initial=1)))
+        first = (np.arange(self.lengths.size) * self.index.shape[1])[:, None]
+        last = first + self.index.shape[1] - 1
+        return np.minimum(first + columns + k - 1, last), np.minimum(first + columns + k, last), columns < width, columns < width - 1
 
 
-def _middle_distances(
-    ordered: np.ndarray, centre: np.ndarray, k: np.ndarray, lengths: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """The ``k[i]``-th and ``(k[i] + 1)``-th smallest ``|ordered[i, j] - centre[i]|`` over the first
-    ``lengths[i]`` values of each row, rows sorted ascending (the second is inf if a row has only
-    ``k[i]`` values).
+def _median(ordered: np.ndarray, segments: _Segments) -> np.ndarray:
+    """Median of each segment, from its sorted rows."""
+    lower, upper, odd = segments.middle
+    flat = ordered.ravel()
+    return np.where(odd, flat[upper], (flat[lower] + flat[upper]) / 2)
+
+
+def _middle_distances(ordered: np.ndarray, centre: np.ndarray, segments: _Segments) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k``-th and ``(k + 1)``-th smallest ``|ordered[i, j] - centre[i]|`` of each segment's
+    sorted row, ``k`` as in :attr:`_Segments.runs` (the second is inf if a row has only k values).
 
     The ``k`` values nearest a point are ``k`` consecutive ones of a sorted row, so the ``k``-th
     smallest distance is the smallest, over such runs, of the distance to the farther end.
     """
-    width = (lengths - k + 1)[:, None]
-    columns = np.arange(int(width.max()))
-    last = ordered.shape[1] - 1
-    below = centre[:, None] - ordered[:, : columns.size]
-    above = np.take_along_axis(ordered, np.minimum(columns + k[:, None] - 1, last), axis=1) - centre[:, None]
-    beyond = np.take_along_axis(ordered, np.minimum(columns + k[:, None], last), axis=1) - centre[:, None]
-    kth = np.where(columns < width, np.maximum(below, above), np.inf).min(axis=1)
-    return kth, np.where(columns < width - 1, np.maximum(below, beyond), np.inf).min(axis=1)
+    ends, beyond_ends, inside, beyond_inside = segments.runs
+    flat, centre = ordered.ravel(), centre[:, None]
+    below = centre - ordered[:, : inside.shape[1]]
+    kth = np.where(inside, np.maximum(below, flat[ends] - centre), np.inf).min(axis=1)
+    return kth, np.where(beyond_inside, np.maximum(below, flat[beyond_ends] - centre), np.inf).min(axis=1)
 
 
 def _segment_robust_sd(values: np.ndarray, segments: _Segments) -> np.ndarray:
     """Robust sd of each segment of ``values``: MAD about the median, or the mean absolute
     deviation if the MAD is 0; all segments sorted at once."""
-    rows, lengths = segments.rows(values), segments.lengths
+    rows = segments.rows(values)
     ordered = np.sort(rows, axis=1)  # sorting short rows is faster than partitioning them
-    median = _sorted_median(ordered, lengths)
-    half, odd = np.divmod(lengths, 2)
-    kth, beyond = _middle_distances(ordered, median, half + odd, lengths)
-    mad = np.where(odd == 1, kth, (kth + beyond) / 2)
+    median = _median(ordered, segments)
+    kth, beyond = _middle_distances(ordered, median, segments)
+    mad = np.where(segments.middle[2], kth, (kth + beyond) / 2)
     zero = mad == 0
     mad = _MAD * mad
-    for length in np.unique(lengths[zero]):  # (rows of one length at once, as numpy sums them)
-        at = np.flatnonzero(zero & (lengths == length))
-        mad[at] = _MEAN_AD * np.abs(rows[at, :length] - median[at, None]).mean(axis=1)
+    if zero.any():
+        lengths = segments.lengths
+        for length in np.unique(lengths[zero]):  # rows of one length at once, as numpy sums them
+            at = np.flatnonzero(zero & (lengths == length))
+            mad[at] = _MEAN_AD * np.abs(rows[at, :length] - median[at, None]).mean(axis=1)
     return mad
 
 
@@ -207,7 +222,7 @@ def _context_sds(vs: list[np.ndarray], half_blocks: int, n_blocks: int) -> np.nd
     where = _contexts(tuple(v.size for v in vs), half_blocks, n_blocks)
     per_block = _segment_robust_sd(np.concatenate(vs), where.rows)[where.of_block]
     ordered = np.sort(where.windows.rows(per_block), axis=1)
-    return _sorted_median(ordered, where.windows.lengths).reshape(len(vs), n_blocks)
+    return _median(ordered, where.windows).reshape(len(vs), n_blocks)
 
 
 def _context_sd(v: np.ndarray, half_blocks: int, n_blocks: int) -> np.ndarray:
