@@ -14,10 +14,10 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
-from functools import cached_property, lru_cache
+from functools import cache, cached_property, lru_cache
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
+from numpy.lib.stride_tricks import as_strided
 from numpy.typing import ArrayLike
 
 _BLOCK = 64  # samples per noise-estimation block; contexts are whole blocks, aligned at sample 0
@@ -250,7 +250,8 @@ def _running_median(y: np.ndarray, half: int) -> np.ndarray:
     right = 2.0 * _end_level(y[::-1][: half + 1]) - tail[::-1]
     padded = np.concatenate([left, y, right])
     pairs = -(-y.size // 2)
-    shared = sliding_window_view(padded[1:], 2 * half)[: 2 * pairs : 2]
+    step = padded.strides[0]  # the windows of 2 * half samples from padded[1], every other one:
+    shared = as_strided(padded[1:], (pairs, 2 * half), (2 * step, step), writeable=False)
     middle = np.sort(shared, axis=1)[:, half - 1 : half + 1]  # sorting is faster than partitioning
     first = np.clip(padded[: 2 * pairs : 2], middle[:, 0], middle[:, 1])
     second = np.clip(padded[2 * half + 1 :: 2][:pairs], middle[:, 0], middle[:, 1])
@@ -307,15 +308,25 @@ def _ar1_fit(variances: np.ndarray, lags: np.ndarray) -> tuple[np.ndarray, np.nd
     For each phi the best ``log s^2`` is the mean gap between the two curves, which leaves a
     misfit of ``|shape - mean|^2 - 2 (logs - mean) . (shape - mean)`` plus a constant per row.
     """
+    columns, spread, mean_shape = _ar1_shapes(tuple(lags.tolist()))
     logs = np.log(np.maximum(variances, 1e-300))
-    shape = np.log(6.0 - 8.0 * _PHI_GRID[:, None] ** lags + 2.0 * _PHI_GRID[:, None] ** (2 * lags))
-    centred = shape - shape.mean(axis=1, keepdims=True)
-    deviations = logs - logs.mean(axis=1, keepdims=True)
-    products = sum(deviations[:, j, None] * centred[None, :, j] for j in range(lags.size))  # no BLAS threads
-    misfit = np.sum(centred**2, axis=1) - 2.0 * products
-    best = np.argmin(misfit, axis=1)
-    s2 = np.exp(logs.mean(axis=1) - shape.mean(axis=1)[best])
+    mean_log = logs.mean(axis=1, keepdims=True)
+    deviations = logs - mean_log
+    products = sum(deviations[:, j, None] * column for j, column in enumerate(columns))  # no BLAS threads
+    best = np.argmin(spread - 2.0 * products, axis=1)
+    s2 = np.exp(mean_log[:, 0] - mean_shape[best])
     return np.where(variances[:, 0] > 0, np.sqrt(s2), 0.0), _PHI_GRID[best]
+
+
+@cache
+def _ar1_shapes(lags: tuple[int, ...]) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+    """What :func:`_ar1_fit` needs of the model's log-variance curve at ``lags`` for each phi on
+    ``_PHI_GRID``: the curve's deviations from its mean (one row per lag), their sum of squares,
+    and its mean."""
+    powers = _PHI_GRID[:, None] ** np.array(lags)
+    shape = np.log(6.0 - 8.0 * powers + 2.0 * _PHI_GRID[:, None] ** (2 * np.array(lags)))
+    centred = shape - shape.mean(axis=1, keepdims=True)
+    return [centred[None, :, j] for j in range(len(lags))], np.sum(centred**2, axis=1), shape.mean(axis=1)
 
 
 def _local_noise(y: np.ndarray, half_blocks: int) -> tuple[np.ndarray, np.ndarray]:
@@ -339,8 +350,11 @@ def _local_noise(y: np.ndarray, half_blocks: int) -> tuple[np.ndarray, np.ndarra
 def _rounding_scale(y: np.ndarray, n_blocks: int) -> np.ndarray:
     """Largest magnitude of ``y`` in each block and its two neighbours: noise below ``1e-12`` of it
     is rounding, so that noise-free data do not give infinite significance."""
-    peak = np.abs(np.pad(y, (0, n_blocks * _BLOCK - y.size))).reshape(n_blocks, _BLOCK).max(axis=1)
-    return np.max(sliding_window_view(np.pad(peak, 1, mode="edge"), 3), axis=1)
+    magnitude = np.zeros(n_blocks * _BLOCK)
+    magnitude[: y.size] = np.abs(y)
+    peak = magnitude.reshape(n_blocks, _BLOCK).max(axis=1)
+    before, after = np.concatenate([peak[:1], peak[:-1]]), np.concatenate([peak[1:], peak[-1:]])
+    return np.maximum(peak, np.maximum(before, after))
 
 
 def _noise_variance(residuals: np.ndarray, lags: np.ndarray, floor: float) -> float:

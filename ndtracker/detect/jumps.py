@@ -124,19 +124,27 @@ class _JumpOptions:
         )
 
 
+@cache
 def _side_weights(w: int) -> np.ndarray:
-    """Weights giving a least-squares line's value at the boundary, for the ``w`` samples right of it.
+    """Weights giving a least-squares line's value at the boundary, for the ``w`` samples right of it
+    (cached, read-only).
 
     The boundary lies half a sample before the first one; mirrored, the same weights serve the left.
     """
     u = np.arange(w) + 0.5
-    return 1.0 / w - (u - u.mean()) * u.mean() / np.sum((u - u.mean()) ** 2)
+    weights = 1.0 / w - (u - u.mean()) * u.mean() / np.sum((u - u.mean()) ** 2)
+    weights.flags.writeable = False
+    return weights
 
 
+@cache
 def _gap_kernel(w: int) -> np.ndarray:
-    """Weights over ``2 w`` samples giving (right line - left line) at the boundary in the middle."""
+    """Weights over ``2 w`` samples giving (right line - left line) at the boundary in the middle
+    (cached, read-only)."""
     right = _side_weights(w)
-    return np.concatenate([-right[::-1], right])
+    kernel = np.concatenate([-right[::-1], right])
+    kernel.flags.writeable = False
+    return kernel
 
 
 @cache
