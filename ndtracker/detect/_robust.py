@@ -264,15 +264,15 @@ def _end_level(y: np.ndarray) -> float:
     this is ``y[0]``; an outlying ``y[0]`` is outvoted by the two samples after it."""
     if y.size < 3:
         return float(y[0])
-    d = _median_of_few(np.diff(y))
-    return _median_of_few(y[:3] - d * np.arange(3))
+    d = _median_of(np.diff(y))
+    return _median_of(y[:3] - d * np.arange(3))
 
 
-def _median_of_few(values: np.ndarray) -> float:
-    """Median of a few values (as :func:`numpy.median`, without its overhead)."""
-    ordered = sorted(values.tolist())
-    half, odd = divmod(len(ordered), 2)
-    return ordered[half] if odd else (ordered[half - 1] + ordered[half]) / 2
+def _median_of(values: np.ndarray) -> float:
+    """Median of a non-empty 1-D array (as :func:`numpy.median`, without its overhead)."""
+    half, odd = divmod(values.size, 2)
+    part = np.partition(values, half if odd else (half - 1, half))
+    return float(part[half]) if odd else float((part[half - 1] + part[half]) / 2)
 
 
 def _local_scale(v: np.ndarray, half_blocks: int) -> np.ndarray:

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ndtracker.detect._robust import _median_of
+
 _SWING = 1.25  # a swing must reach this many times min_change, so that trimming leaves min_change
 _TRIM = 0.1  # trimming tolerance: this fraction of the swing ...
 _TRIM_LEVEL = 0.4  # ... and at most this fraction of min_change of the level
@@ -104,17 +106,21 @@ class _Scan:
 
     def confirmed(
         self, swings: list[tuple[int, int, int]], time: np.ndarray, rounded: int
-    ) -> list[tuple[int, int, int]]:
+    ) -> list[tuple[tuple[int, int, int], _Trend]]:
         """The swings whose move holds on the mean level of the first and last quarter of the
         part where they move (:func:`trim`; long swings only, :meth:`_holds`): over a long noisy
         stretch the level's extremes are its noise's extremes, and a swing between two of them (a
         slow trend's noise read as a counter-move) is no move of the mean level. An unconfirmed
         swing is merged with its neighbours (which move the other way: one swing from the first's
-        start to the last's end), or dropped at the ends of the series; until all hold."""
+        start to the last's end), or dropped at the ends of the series; until all hold. Returns
+        each confirmed swing with its trimmed part."""
         out = list(swings)
+        trims: dict[tuple[int, int, int], _Trend] = {}  # each swing is trimmed once
         k = 0
         while k < len(out):
-            moving = trim(self, time, out[k], rounded)
+            if out[k] not in trims:
+                trims[out[k]] = trim(self, time, out[k], rounded)
+            moving = trims[out[k]]
             if self._holds(moving.start, moving.end, out[k][2]):
                 k += 1
             elif 0 < k < len(out) - 1:
@@ -123,7 +129,7 @@ class _Scan:
             else:
                 del out[k]
                 k = max(0, k - 1)
-        return out
+        return [(swing, trims[swing]) for swing in out]
 
     def _holds(self, a: int, b: int, direction: int) -> bool:
         """Whether the level moves ``direction``-ward from ``a`` to ``b`` on its mean over the
@@ -135,7 +141,7 @@ class _Scan:
             return True
         ends = [(a, a + r), (b + 1 - r, b + 1)]
         means = [float(np.mean(self.level[lo:hi])) for lo, hi in ends]
-        sds = [float(np.median(self.sd[lo:hi])) * np.sqrt(_WINDOW / r) for lo, hi in ends]
+        sds = [_median_of(self.sd[lo:hi]) * np.sqrt(_WINDOW / r) for lo, hi in ends]
         moved = direction * (means[1] - means[0])
         return moved >= max(_HALF * self.min_change * abs(means[0]), self.z * float(np.hypot(*sds)))
 
@@ -202,7 +208,7 @@ def _settled_end(level: np.ndarray, sd: np.ndarray, s: int, e: int, b: int, dire
     """The first sample in ``[s, e]`` within ``_BAND`` noise sd of the median level of the plateau
     ``[e, b]`` after it: the extreme ``b`` of a long noisy plateau is wherever its noise is
     deepest, the median is not, so the end does not move as the plateau grows."""
-    plateau = float(np.median(level[e : b + 1]))
+    plateau = _median_of(level[e : b + 1])
     near = np.flatnonzero(direction * (plateau - level[s : e + 1]) <= _BAND * sd[s : e + 1])
     return s + int(near[0]) if near.size else e
 
@@ -210,7 +216,7 @@ def _settled_end(level: np.ndarray, sd: np.ndarray, s: int, e: int, b: int, dire
 def _settled_start(level: np.ndarray, sd: np.ndarray, a: int, s: int, b: int, direction: int) -> int:
     """The last sample in ``[s, b]`` within ``_BAND`` noise sd of the median level of the plateau
     ``[a, s]`` before it (as :func:`_settled_end`, mirrored)."""
-    plateau = float(np.median(level[a : s + 1]))
+    plateau = _median_of(level[a : s + 1])
     near = np.flatnonzero(direction * (level[s : b + 1] - plateau) <= _BAND * sd[s : b + 1])
     return s + int(near[-1]) if near.size else s
 

@@ -312,11 +312,12 @@ def _jump_candidates(
     return _suppress(found)
 
 
-def _to_jump(c: _Candidate, positions: np.ndarray, steps: np.ndarray | None = None) -> Jump:
-    """Turn a candidate into a public record, at its position in the input (and its step)."""
+def _to_jump(c: _Candidate, positions: np.ndarray, steps: np.ndarray | None = None, first: int = 0) -> Jump:
+    """Turn a candidate into a public record, at its position in the input (and its step;
+    ``steps`` holds the step of each position from ``first`` on)."""
     index = int(positions[c.t])
     relative = c.gap / abs(c.before) if c.before else math.copysign(math.inf, c.gap)
-    step = None if steps is None else _step_value(steps[index])
+    step = None if steps is None else _step_value(steps[index - first])
     return Jump(index, 1 if c.gap > 0 else -1, c.gap, c.z, c.before, c.after, c.w, relative, step)
 
 

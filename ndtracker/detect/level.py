@@ -32,7 +32,7 @@ from ndtracker.detect._robust import (
     _context_sds,
     _local_noise,
     _local_scale,
-    _median_of_few,
+    _median_of,
     _prepare,
     _second_differences,
 )
@@ -69,7 +69,7 @@ def _running_median(y: np.ndarray, half: int, padded: np.ndarray | None = None) 
     n = y.size
     if n <= 2 * half:
         starts, stops = _shrinking_windows(n, half)
-        return np.array([_median_of_few(y[a:b]) for a, b in zip(starts, stops)])
+        return np.array([_median_of(y[a:b]) for a, b in zip(starts, stops)])
     out = _padded_running_median(y, half) if padded is None else padded.copy()  # exact away from the ends
     head, tail = y[: 2 * half - 1].tolist(), y[n - 2 * half + 1 :][::-1].tolist()
     for i in range(half):  # an odd window's median is its middle value (a few values: sorted() is cheap)

@@ -25,7 +25,6 @@ with all the data on both sides of each position.
 from __future__ import annotations
 
 import math
-from collections import deque
 from dataclasses import dataclass
 from typing import Union
 
@@ -64,6 +63,40 @@ class PhaseChange:
 
 
 Event = Union[Jump, PhaseChange]
+
+
+class _Buffer:
+    """The last ``size`` finite values with their positions and steps, in arrays of twice that
+    capacity so that the buffer is always one contiguous slice: appending costs O(1) amortised
+    (the kept values move to the front once per ``size`` appends), and a check reads the buffer
+    as read-only views without building arrays."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._values, self._steps = np.empty(2 * size), np.empty(2 * size)
+        self._positions = np.empty(2 * size, dtype=np.int64)
+        self._start = self._stop = 0
+
+    def __len__(self) -> int:
+        return self._stop - self._start
+
+    def append(self, value: float, position: int, step: float) -> None:
+        """Add a value at the end, dropping the first one if the buffer is full."""
+        if self._stop == self._values.size:
+            kept = slice(self._start, self._stop)
+            for array in (self._values, self._positions, self._steps):
+                array[: len(self)] = array[kept]
+            self._start, self._stop = 0, len(self)
+        self._values[self._stop], self._positions[self._stop], self._steps[self._stop] = value, position, step
+        self._stop += 1
+        self._start = max(self._start, self._stop - self.size)
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The values, their positions and their steps (NaN where none was given), read-only."""
+        views = [array[self._start : self._stop] for array in (self._values, self._positions, self._steps)]
+        for view in views:
+            view.flags.writeable = False
+        return views[0], views[1], views[2]
 
 
 def _real(value: object, name: str = "value") -> float:
@@ -140,9 +173,7 @@ class OnlineDetector:
         _check("settle", settle, 8, 4096, integer=True)
         _check("buffer", buffer, max(64, 4 * settle), 2**16, integer=True)
         self.settle, self.buffer = settle, buffer
-        self._values: deque[float] = deque(maxlen=buffer)
-        self._positions: deque[int] = deque(maxlen=buffer)
-        self._steps: deque[float] = deque(maxlen=buffer)
+        self._buffer = _Buffer(buffer)
         self._count = 0  # values seen, finite or not
         self._finite = 0  # finite values seen
         self._has_steps = False
@@ -176,7 +207,7 @@ class OnlineDetector:
     @property
     def memory(self) -> int:
         """Values held: the buffer; bounded whatever the series length."""
-        return len(self._values)
+        return len(self._buffer)
 
     def update(self, value: float, step: float | None = None) -> list[Event]:
         """Take the next value (non-finite values are skipped but keep their position).
@@ -222,21 +253,19 @@ class OnlineDetector:
         ]
 
     def _push(self, value: float, step: float | None) -> None:
-        self._values.append(value)
-        self._positions.append(self._count - 1)
-        self._steps.append(math.nan if step is None else step)
+        self._buffer.append(value, self._count - 1, math.nan if step is None else step)
         self._has_steps = self._has_steps or step is not None
         self._finite += 1
 
     def _check(self, final: bool) -> list[Event]:
         """Run both detections on the buffer; return the newly settled events."""
-        if not self._values:
+        if not len(self._buffer):
             return self._phase_events([], final)
-        y = np.array(self._values)
-        positions = np.array(self._positions)
-        steps = np.full(self._count, math.nan) if self._has_steps else None
+        y, positions, buffer_steps = self._buffer.arrays()
+        first = int(positions[0])  # steps: those of the positions from the buffer's first on
+        steps = np.full(self._count - first, math.nan) if self._has_steps else None
         if steps is not None:
-            steps[positions] = np.array(self._steps)
+            steps[positions - first] = buffer_steps
         opts = self._jump_options
         padded = _shared_median(y, opts.min_window)  # one running median for both clippings
         clipped = _clipped(y, opts.half_blocks, opts.min_window, padded)
@@ -249,7 +278,7 @@ class OnlineDetector:
             return events
         if y.size < self._phase_options.min_length:
             return events + self._phase_events([], final)
-        where = _Where(positions, self._count, steps)
+        where = _Where(positions, self._count, steps, first)
         phases = _phases_of_finite(y, candidates, where, self._phase_options, padded)
         return events + self._phase_events(phases, final)
 
@@ -272,14 +301,14 @@ class OnlineDetector:
         limit = self._count if final else int(positions[max(0, positions.size - 2 * self._jump_options.min_window)])
         found = [c for c in candidates if self._jumps_decided <= positions[c.t] < limit]
         self._jumps_decided = max(self._jumps_decided, limit)
-        return [_to_jump(c, positions, steps) for c in found]
+        return [_to_jump(c, positions, steps, int(positions[0])) for c in found]
 
     def _phase_events(self, phases: list[Phase], final: bool) -> list[Event]:
         """Phase changes that have settled (all remaining ones if final)."""
         last = self._reported[-1] if self._reported else None
         if last is None and not final and len(phases) < 2 and phases and phases[0].kind == "stabilization":
             return []  # the first phase is reported once it is a trend or has ended
-        first_usable = 0 if not self._reported else self._positions[0] + 2 * self.settle
+        first_usable = 0 if not self._reported else self._buffer.arrays()[1][0] + 2 * self.settle
         changes = [
             (p.start, p.kind) for p in phases
             if (last is None or (p.start > last.index and p.kind != last.kind)) and p.start >= first_usable
@@ -314,7 +343,9 @@ class OnlineDetector:
     def _step_of(self, index: int) -> float | None:
         if not self._has_steps:
             return None
-        for position, step in zip(self._positions, self._steps):
-            if position >= index:
-                return None if math.isnan(step) else (int(step) if float(step).is_integer() else step)
-        return None
+        _, positions, steps = self._buffer.arrays()
+        at = int(np.searchsorted(positions, index))  # the first position at or after index
+        if at == positions.size or math.isnan(steps[at]):
+            return None
+        step = float(steps[at])
+        return int(step) if step.is_integer() else step

@@ -61,7 +61,7 @@ from numpy.typing import ArrayLike
 from ndtracker.detect.jumps import _Candidate, _jump_candidates, _JumpOptions
 from ndtracker.detect.level import HALF_WIDTH, _Level, _level_of_finite, _shared_median
 from ndtracker.detect._robust import _check, _check_steps, _clipped, _prepare
-from ndtracker.detect._zigzag import _Scan, close_gaps, trim
+from ndtracker.detect._zigzag import _Scan, close_gaps
 
 __all__ = ["Phase", "PhaseKind", "label_phases"]
 
@@ -171,8 +171,8 @@ def _segments(rule: _Rule) -> list[tuple[int, int]]:
     jumps a swing carries (:func:`_carries`)."""
     level = rule.level.level
     scan = _Scan(level, rule.level.sd, rule.min_change, rule.z)
-    swings = scan.confirmed(scan.swings(0, level.size), rule.time, _ROUNDED)
-    trends = [(trim(scan, rule.time, swing, _ROUNDED), swing[2]) for swing in swings]
+    confirmed = scan.confirmed(scan.swings(0, level.size), rule.time, _ROUNDED)
+    trends = [(trend, swing[2]) for swing, trend in confirmed]
     spans = []
     for trend, direction in zip(close_gaps([t for t, _ in trends], rule.time), [d for _, d in trends]):
         start = 0 if trend.start <= _ROUNDED else trend.start  # the level's rounding at the ends
@@ -297,11 +297,13 @@ def _to_phase(rule: _Rule, lo: int, hi: int, kind: PhaseKind, where: _Where) -> 
 
 @dataclass(frozen=True)
 class _Where:
-    """Positions of the finite samples in an input of length ``n``, and optional steps."""
+    """Positions of the finite samples in an input of length ``n``, and optional steps: the step
+    of each position from ``first`` on (the online detector keeps its buffer's only)."""
 
     positions: np.ndarray
     n: int
     steps: np.ndarray | None = None
+    first: int = 0
 
     def start(self, lo: int) -> int:
         return 0 if lo == 0 else int(self.positions[lo])
@@ -312,7 +314,8 @@ class _Where:
     def steps_of(self, start: int, stop: int) -> tuple[float | None, float | None]:
         if self.steps is None:
             return None, None
-        first, last = self.steps[start], self.steps[stop - 1]
+        first = self.steps[start - self.first] if start >= self.first else np.float64(math.nan)
+        last = self.steps[stop - 1 - self.first]
         return (int(first) if first.is_integer() else float(first)), (int(last) if last.is_integer() else float(last))
 
 
@@ -322,7 +325,7 @@ def _phases_of_finite(
     """The phases of the finite values ``y``, given their jumps (``padded``: the shared running
     median of ``y``, :func:`~ndtracker.detect.level._shared_median`, if known)."""
     level = _level_of_finite(y, [c.t for c in jumps], HALF_WIDTH, padded)
-    time = where.positions.astype(float) if where.steps is None else where.steps[where.positions]
+    time = where.positions.astype(float) if where.steps is None else where.steps[where.positions - where.first]
     rule = _Rule(level, time, opts.min_change, opts.trend_threshold, frozenset(c.t for c in jumps))
     labelled = _merge(rule, _split(rule, _segments(rule), jumps), jumps)
     labelled = _merge(rule, _slow_stretches(rule, labelled), jumps)
