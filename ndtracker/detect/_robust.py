@@ -156,17 +156,17 @@ def _robust_sd(rows: np.ndarray) -> np.ndarray:
     return _segment_robust_sd(rows.ravel(), segments)
 
 
-def _block_rows(size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _block_rows(size: int) -> tuple[list[int], list[int], list[int]]:
     """The blocks of ``size`` samples: starts and lengths of the rows whose robust sds they get,
     and each block's row. Blocks have ``_BLOCK`` samples, aligned at 0; a last block of fewer
     than half as many is pooled with the one before it (both get the pooled row)."""
     full, tail = divmod(size, _BLOCK)
-    count = full + (tail > 0)
-    starts, lengths, rows = np.arange(count) * _BLOCK, np.full(count, _BLOCK), np.arange(count)
-    lengths[full:] = tail
+    starts, lengths = list(range(0, size, _BLOCK)), [_BLOCK] * full + ([tail] if tail else [])
+    rows = list(range(len(starts)))
     if full and 0 < tail < _BLOCK // 2:
-        starts, lengths = starts[:-1], lengths[:-1]
-        lengths[-1], rows[-1] = _BLOCK + tail, count - 2
+        starts.pop()
+        lengths.pop()
+        lengths[-1], rows[-1] = _BLOCK + tail, rows[-2]
     return starts, lengths, rows
 
 
@@ -192,28 +192,30 @@ def _contexts(sizes: tuple[int, ...], half_blocks: int, n_blocks: int) -> _Conte
 
 @lru_cache(maxsize=32)
 def _cached_contexts(sizes: tuple[int, ...], half_blocks: int, n_blocks: int) -> _Contexts:
-    starts, lengths, of_block, lows, widths = [], [], [], [], []
+    starts: list[int] = []
+    lengths: list[int] = []
+    of_block: list[int] = []
+    lows: list[int] = []
+    widths: list[int] = []
     offset = rows = blocks = 0
     for size in sizes:
         first, length, row = _block_rows(size)
-        width = min(2 * half_blocks + 1, row.size)
-        starts.append(offset + first)
-        lengths.append(length)
-        of_block.append(rows + row)
-        lows.append(blocks + np.clip(np.arange(n_blocks) - half_blocks, 0, row.size - width))
-        widths.append(np.full(n_blocks, width))
-        offset, rows, blocks = offset + size, rows + first.size, blocks + row.size
-    join = np.concatenate
-    return _Contexts(
-        _Segments.of(join(starts), join(lengths), offset), join(of_block), _Segments.of(join(lows), join(widths), blocks)
-    )
+        width = min(2 * half_blocks + 1, len(row))
+        starts += [offset + start for start in first]
+        lengths += length
+        of_block += [rows + r for r in row]
+        lows += [blocks + min(max(b - half_blocks, 0), len(row) - width) for b in range(n_blocks)]
+        widths += [width] * n_blocks
+        offset, rows, blocks = offset + size, rows + len(first), blocks + len(row)
+    rows_of = _Segments.of(np.array(starts), np.array(lengths), offset)
+    return _Contexts(rows_of, np.array(of_block), _Segments.of(np.array(lows), np.array(widths), blocks))
 
 
 def _block_sd(v: np.ndarray) -> np.ndarray:
     """Robust sd of ``v`` in each block of ``_BLOCK`` samples; a last block of fewer than half as
     many is pooled with the one before it (both get the pooled value)."""
     starts, lengths, rows = _block_rows(v.size)
-    return _segment_robust_sd(v, _Segments.of(starts, lengths, v.size))[rows]
+    return _segment_robust_sd(v, _Segments.of(np.array(starts), np.array(lengths), v.size))[rows]
 
 
 def _context_sds(vs: list[np.ndarray], half_blocks: int, n_blocks: int) -> np.ndarray:
