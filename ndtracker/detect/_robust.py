@@ -266,8 +266,11 @@ def _end_level(y: np.ndarray) -> float:
     this is ``y[0]``; an outlying ``y[0]`` is outvoted by the two samples after it."""
     if y.size < 3:
         return float(y[0])
-    d = _median_of(np.diff(y))
-    return _median_of(y[:3] - d * np.arange(3))
+    values = y.tolist()  # a few samples: Python floats are faster here than numpy's calls
+    steps = sorted(b - a for a, b in zip(values, values[1:]))
+    half = len(steps) // 2
+    d = steps[half] if len(steps) % 2 else (steps[half - 1] + steps[half]) / 2
+    return sorted(values[i] - d * i for i in range(3))[1]
 
 
 def _median_of(values: np.ndarray) -> float:

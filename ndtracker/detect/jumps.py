@@ -180,6 +180,8 @@ def _window_max(z: np.ndarray, starts: np.ndarray, width: int) -> np.ndarray:
 def _peaks(z: np.ndarray, half: int, threshold: float) -> np.ndarray:
     """Indices where ``z >= threshold`` and ``z`` is the first maximum within ``half`` on each side."""
     above = np.flatnonzero(z >= threshold)
+    if not above.size:
+        return above
     left, right = _window_max(z, above - half, half), _window_max(z, above + 1, half)
     return above[(z[above] > left) & (z[above] >= right)]
 

@@ -30,7 +30,6 @@ from ndtracker.detect._robust import (
     _check_steps,
     _clipped,
     _context_sds,
-    _local_noise,
     _local_scale,
     _median_of,
     _prepare,
@@ -100,17 +99,28 @@ def _window_sizes(n: int, half: int) -> np.ndarray:
     return stops - starts
 
 
-def _residual_noise(clipped: np.ndarray, level: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The level's sd with full windows and one sample's noise sd, per block of ``_BLOCK``.
-
-    Both come from the residuals around the level (``clipped - level``), so a trend's curvature,
-    which the level follows, does not read as noise: their robust sd in each block's context
-    (one block on each side) and their lag-1 autocorrelation (from the robust sd of their first
-    differences), mapped to the two sds by the calibration above (AR(1) noise, phi up to 0.9).
-    """
+def _noise_context_sds(clipped: np.ndarray, level: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The robust sds in each block's context (one block on each side) that the level's noise is
+    estimated from, in one computation: of the residuals around the level (``clipped - level``)
+    and of their first differences (:func:`_residual_noise`; two rows), and of the second
+    differences of ``clipped`` at each lag of ``_NOISE_LAGS`` up to a sixth of its length
+    (:func:`_short_lag_noise`; one row per lag)."""
     n_blocks = max(1, -(-clipped.size // _BLOCK))
     residuals = clipped - level
-    sd, step_sd = _context_sds([residuals, np.diff(residuals)], _NOISE_BLOCKS, n_blocks)
+    lags = _NOISE_LAGS[_NOISE_LAGS <= clipped.size // 6]
+    series = [residuals, np.diff(residuals), *(_second_differences(clipped, k) for k in lags)]
+    sds = _context_sds(series, _NOISE_BLOCKS, n_blocks)
+    return sds[:2], sds[2:]
+
+
+def _residual_noise(sd: np.ndarray, step_sd: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The level's sd with full windows and one sample's noise sd, per block of ``_BLOCK``.
+
+    Both come from the residuals around the level, so a trend's curvature, which the level
+    follows, does not read as noise: from their robust sd ``sd`` in each block's context and
+    their lag-1 autocorrelation (from ``step_sd``, the robust sd of their first differences),
+    mapped to the two sds by the calibration above (AR(1) noise, phi up to 0.9).
+    """
     with np.errstate(divide="ignore", invalid="ignore"):
         rho = np.where(sd > 0, 1.0 - step_sd**2 / (2.0 * sd**2), 0.0)
     return sd * np.interp(rho, _RHO, _LEVEL_RATIO), sd * np.interp(rho, _RHO, _SAMPLE_RATIO)
@@ -126,27 +136,23 @@ def _window_factor(sizes: np.ndarray, half: int) -> np.ndarray:
     return np.where(m > 1, 1.2533 / np.sqrt(m) * np.where(m >= 2 * half + 1, 0.8, 1.0), 1.0)
 
 
-def _noise_sd(y: np.ndarray) -> np.ndarray:
-    """Robust noise sd of each sample for a mean of a few neighbours: the AR(1) noise sd fitted
-    in its block context (:func:`_short_lag_noise`), inflated by ``sqrt((1 + phi) / (1 - phi))``
-    for the autocorrelation."""
-    sigma, phi = _short_lag_noise(y)
+def _noise_sd(lag_sds: np.ndarray, size: int) -> np.ndarray:
+    """Robust noise sd of each of ``size`` samples for a mean of a few neighbours: the AR(1)
+    noise sd fitted in its block context (:func:`_short_lag_noise`), inflated by
+    ``sqrt((1 + phi) / (1 - phi))`` for the autocorrelation."""
+    sigma, phi = _short_lag_noise(lag_sds)
     per_block = sigma * np.sqrt((1 + phi) / (1 - phi))
-    return np.repeat(per_block, _BLOCK)[: y.size]
+    return np.repeat(per_block, _BLOCK)[:size]
 
 
-def _short_lag_noise(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _short_lag_noise(lag_sds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """AR(1) noise sd and lag-1 autocorrelation per block (as :func:`_local_noise`), fitted on the
-    second differences at lags ``_NOISE_LAGS`` only: at longer lags the curvature of a trend
-    over a few hundred samples reads as autocorrelation and inflates the level's noise."""
-    n_blocks = max(1, -(-y.size // _BLOCK))
-    lags = _NOISE_LAGS[_NOISE_LAGS <= y.size // 6]
-    if lags.size < 2:
-        return _local_noise(y, _NOISE_BLOCKS)
-    sds = _context_sds([_second_differences(y, k) for k in lags], _NOISE_BLOCKS, n_blocks)
-    variances = np.ascontiguousarray(sds.T**2)
-    sigma, phi = _ar1_fit(variances, lags)
-    return sigma, phi
+    robust sds of second differences at the first lags of ``_NOISE_LAGS`` only (one row per
+    lag; zero with fewer than two lags): at longer lags the curvature of a trend over a few
+    hundred samples reads as autocorrelation and inflates the level's noise."""
+    if lag_sds.shape[0] < 2:
+        return np.zeros(lag_sds.shape[1]), np.zeros(lag_sds.shape[1])
+    return _ar1_fit(np.ascontiguousarray(lag_sds.T**2), _NOISE_LAGS[: lag_sds.shape[0]])
 
 
 def _level_sd(clipped: np.ndarray, level: np.ndarray, sizes: np.ndarray, half: int) -> np.ndarray:
@@ -161,11 +167,12 @@ def _level_sd(clipped: np.ndarray, level: np.ndarray, sizes: np.ndarray, half: i
     """
     if clipped.size < 5:
         return np.zeros(clipped.size)
-    full, sample = (np.repeat(v, _BLOCK)[: clipped.size] for v in _residual_noise(clipped, level))
+    residual_sds, lag_sds = _noise_context_sds(clipped, level)
+    full, sample = (np.repeat(v, _BLOCK)[: clipped.size] for v in _residual_noise(*residual_sds))
     full = full * np.sqrt((2 * HALF_WIDTH + 1) / (2 * half + 1))
     shrunk = sample * np.where(sizes > 1, 1.2533 / np.sqrt(sizes), 1.0)
     residual = np.where(sizes >= 2 * half + 1, full, np.maximum(full, shrunk))
-    return np.minimum(_CAP * residual, _noise_sd(clipped) * _window_factor(sizes, half))
+    return np.minimum(_CAP * residual, _noise_sd(lag_sds, clipped.size) * _window_factor(sizes, half))
 
 
 def _piece_level(y: np.ndarray, half: int) -> np.ndarray:
