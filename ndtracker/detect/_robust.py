@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
-from functools import cache, cached_property, lru_cache
+from functools import cache, lru_cache
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
@@ -74,61 +74,31 @@ def _check_steps(steps: ArrayLike | None, n: int, caller: str) -> np.ndarray | N
 class _Segments:
     """Segments ``values[start : start + length]`` of a flat array, as the index of a matrix whose
     row ``i`` is segment ``i``, padded to the longest with ``size``: the index of an ``inf``
-    appended to the array (padding sorts last). The positions of the order statistics that
-    medians and MADs read in the sorted rows are computed once per layout."""
+    appended to the array (padding sorts last); and the flat indices, in that matrix with its
+    rows sorted, of each row's two middle values (one value twice in a row of odd length)."""
 
     index: np.ndarray
     lengths: np.ndarray
+    lower: np.ndarray
+    upper: np.ndarray
+    odd: np.ndarray
 
     @classmethod
     def of(cls, starts: np.ndarray, lengths: np.ndarray, size: int) -> _Segments:
         columns = np.arange(int(lengths.max(initial=1)))
-        return cls(np.where(columns < lengths[:, None], starts[:, None] + columns, size), lengths)
+        half, odd = np.divmod(lengths, 2)
+        first = np.arange(lengths.size) * columns.size
+        index = np.where(columns < lengths[:, None], starts[:, None] + columns, size)
+        return cls(index, lengths, first + half - 1 + odd, first + half, odd == 1)
 
     def rows(self, values: np.ndarray) -> np.ndarray:
         """The segments of ``values`` (of the ``size`` given) as rows, padded with ``inf``."""
         return np.append(values, np.inf)[self.index]
 
-    @cached_property
-    def middle(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Flat indices in the sorted rows of each row's two middle values (one value twice in a
-        row of odd length), and whether its length is odd."""
-        half, odd = np.divmod(self.lengths, 2)
-        first = np.arange(self.lengths.size) * self.index.shape[1]
-        return first + half - 1 + odd, first + half, odd == 1
-
-    @cached_property
-    def runs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """For the MAD of each sorted row, ``k`` the rank of its median distance (``half`` of its
-        length, rounded up): flat indices of the last of ``k`` and of ``k + 1`` consecutive values
-        from each column on, and whether those runs lie within the row."""
-        k = -(-self.lengths // 2)[:, None]
-        width = self.lengths[:, None] - k + 1
-        columns = np.arange(int(width.max(initial=1)))
-        first = (np.arange(self.lengths.size) * self.index.shape[1])[:, None]
-        last = first + self.index.shape[1] - 1
-        return np.minimum(first + columns + k - 1, last), np.minimum(first + columns + k, last), columns < width, columns < width - 1
-
-
-def _median(ordered: np.ndarray, segments: _Segments) -> np.ndarray:
-    """Median of each segment, from its sorted rows."""
-    lower, upper, odd = segments.middle
-    flat = ordered.ravel()
-    return np.where(odd, flat[upper], (flat[lower] + flat[upper]) / 2)
-
-
-def _middle_distances(ordered: np.ndarray, centre: np.ndarray, segments: _Segments) -> tuple[np.ndarray, np.ndarray]:
-    """The ``k``-th and ``(k + 1)``-th smallest ``|ordered[i, j] - centre[i]|`` of each segment's
-    sorted row, ``k`` as in :attr:`_Segments.runs` (the second is inf if a row has only k values).
-
-    The ``k`` values nearest a point are ``k`` consecutive ones of a sorted row, so the ``k``-th
-    smallest distance is the smallest, over such runs, of the distance to the farther end.
-    """
-    ends, beyond_ends, inside, beyond_inside = segments.runs
-    flat, centre = ordered.ravel(), centre[:, None]
-    below = centre - ordered[:, : inside.shape[1]]
-    kth = np.where(inside, np.maximum(below, flat[ends] - centre), np.inf).min(axis=1)
-    return kth, np.where(beyond_inside, np.maximum(below, flat[beyond_ends] - centre), np.inf).min(axis=1)
+    def median(self, ordered: np.ndarray) -> np.ndarray:
+        """Median of each segment, from its rows sorted (``ordered``)."""
+        flat = ordered.ravel()
+        return np.where(self.odd, flat[self.upper], (flat[self.lower] + flat[self.upper]) / 2)
 
 
 def _segment_robust_sd(values: np.ndarray, segments: _Segments) -> np.ndarray:
@@ -136,9 +106,10 @@ def _segment_robust_sd(values: np.ndarray, segments: _Segments) -> np.ndarray:
     deviation if the MAD is 0; all segments sorted at once."""
     rows = segments.rows(values)
     ordered = np.sort(rows, axis=1)  # sorting short rows is faster than partitioning them
-    median = _median(ordered, segments)
-    kth, beyond = _middle_distances(ordered, median, segments)
-    mad = np.where(segments.middle[2], kth, (kth + beyond) / 2)
+    median = segments.median(ordered)
+    distances = np.abs(ordered - median[:, None])  # the padding stays inf, and last
+    distances.sort(axis=1)
+    mad = segments.median(distances)
     zero = mad == 0
     mad = _MAD * mad
     if zero.any():
@@ -195,20 +166,18 @@ def _cached_contexts(sizes: tuple[int, ...], half_blocks: int, n_blocks: int) ->
     starts: list[int] = []
     lengths: list[int] = []
     of_block: list[int] = []
-    lows: list[int] = []
-    widths: list[int] = []
-    offset = rows = blocks = 0
+    offset = rows = 0
     for size in sizes:
         first, length, row = _block_rows(size)
-        width = min(2 * half_blocks + 1, len(row))
         starts += [offset + start for start in first]
         lengths += length
         of_block += [rows + r for r in row]
-        lows += [blocks + min(max(b - half_blocks, 0), len(row) - width) for b in range(n_blocks)]
-        widths += [width] * n_blocks
-        offset, rows, blocks = offset + size, rows + len(first), blocks + len(row)
-    rows_of = _Segments.of(np.array(starts), np.array(lengths), offset)
-    return _Contexts(rows_of, np.array(of_block), _Segments.of(np.array(lows), np.array(widths), blocks))
+        offset, rows = offset + size, rows + len(first)
+    counts = -(-np.array(sizes) // _BLOCK)  # blocks of each series
+    widths = np.minimum(2 * half_blocks + 1, counts)
+    lows = np.clip(np.arange(n_blocks) - half_blocks, 0, (counts - widths)[:, None]) + (np.cumsum(counts) - counts)[:, None]
+    windows = _Segments.of(lows.ravel(), np.repeat(widths, n_blocks), int(counts.sum()))
+    return _Contexts(_Segments.of(np.array(starts), np.array(lengths), offset), np.array(of_block), windows)
 
 
 def _block_sd(v: np.ndarray) -> np.ndarray:
@@ -224,7 +193,7 @@ def _context_sds(vs: list[np.ndarray], half_blocks: int, n_blocks: int) -> np.nd
     where = _contexts(tuple(v.size for v in vs), half_blocks, n_blocks)
     per_block = _segment_robust_sd(np.concatenate(vs), where.rows)[where.of_block]
     ordered = np.sort(where.windows.rows(per_block), axis=1)
-    return _median(ordered, where.windows).reshape(len(vs), n_blocks)
+    return where.windows.median(ordered).reshape(len(vs), n_blocks)
 
 
 def _context_sd(v: np.ndarray, half_blocks: int, n_blocks: int) -> np.ndarray:
