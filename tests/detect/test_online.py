@@ -149,3 +149,21 @@ def test_noise_reestimated_every_few_values_finds_the_same_jumps(monkeypatch) ->
     monkeypatch.setattr(online, "_NOISE_EVERY", 1)
     fresh = [e.index for e in run_online(x)[1] if isinstance(e, Jump)]
     assert cached == fresh and len(cached) >= 4
+
+
+def test_the_buffer_holds_the_last_finite_values_with_their_positions_and_steps() -> None:
+    """The buffer (arrays that move their content to the front once per ``buffer`` values)
+    always reads as the last ``buffer`` finite values, and the steps given with them."""
+    detector = OnlineDetector(buffer=112)
+    x = np.random.default_rng(4).normal(size=700)
+    x[::9] = np.nan
+    kept: list[tuple[float, int, float]] = []
+    for position, value in enumerate(x):
+        step = math.nan if position % 5 == 0 else 3.0 * position
+        detector.update(value, step=None if math.isnan(step) else step)
+        if math.isfinite(value):
+            kept = (kept + [(value, position, step)])[-112:]
+        values, positions, steps = detector._buffer.arrays()
+        assert values.tolist() == [v for v, _, _ in kept] and positions.tolist() == [p for _, p, _ in kept]
+        assert np.array_equal(steps, [s for _, _, s in kept], equal_nan=True)
+        assert not values.flags.writeable

@@ -11,7 +11,16 @@ import pytest
 from numpy.lib.stride_tricks import sliding_window_view
 
 from ndtracker.detect._linefit import _bend_fits, _prefix_sums, _rss_table
-from ndtracker.detect._robust import _BLOCK, _PHI_GRID, _ar1_fit, _block_sd, _clipped, _robust_sd, _running_median
+from ndtracker.detect._robust import (
+    _BLOCK,
+    _PHI_GRID,
+    _ar1_fit,
+    _block_sd,
+    _clipped,
+    _context_sds,
+    _robust_sd,
+    _running_median,
+)
 
 
 def end_level(y: np.ndarray) -> float:
@@ -113,3 +122,31 @@ def test_rss_table_equals_line_fits() -> None:
         residual = np.linalg.lstsq(basis, y[start:stop] * sw, rcond=None)[1]
         assert table[stop, start] == pytest.approx(float(residual[0]), rel=1e-8, abs=1e-12)
     assert table[5, 4] == 0.0 and table[4, 5] == np.inf
+
+
+def context_sd_oracle(v: np.ndarray, half_blocks: int, n_blocks: int) -> np.ndarray:
+    """Oracle: np.median of the block sds (oracle above) within ``half_blocks`` of each block,
+    the context shifted inward at the ends."""
+    sds = np.array(
+        [mad_sd(v[None, i * _BLOCK : (i + 1) * _BLOCK])[0] for i in range(-(-v.size // _BLOCK))]
+    )
+    full, tail = divmod(v.size, _BLOCK)
+    if full and 0 < tail < _BLOCK // 2:
+        sds[-2:] = mad_sd(v[None, (full - 1) * _BLOCK :])[0]
+    width = min(2 * half_blocks + 1, sds.size)
+    lows = np.clip(np.arange(n_blocks) - half_blocks, 0, sds.size - width)
+    return np.array([np.median(sds[low : low + width]) for low in lows])
+
+
+@pytest.mark.parametrize("half_blocks", [1, 7])
+def test_context_sds_of_several_series_equal_each_alone(half_blocks: int) -> None:
+    """One stacked computation gives each series exactly its own context sds, whatever the
+    other series' lengths (pooled and unpooled last blocks, short series, ties)."""
+    rng = np.random.default_rng(half_blocks)
+    sizes = [1, 5, 40, 64, 70, 100, 127, 500, 1000]
+    vs = [rng.standard_t(3, n) * 10 for n in sizes[:-1]] + [np.round(rng.normal(size=sizes[-1]))]
+    n_blocks = 16
+    stacked = _context_sds(vs, half_blocks, n_blocks)
+    for v, row in zip(vs, stacked):
+        assert np.array_equal(row, context_sd_oracle(v, half_blocks, n_blocks))
+        assert np.array_equal(row, _context_sds([v], half_blocks, n_blocks)[0])
