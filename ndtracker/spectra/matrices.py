@@ -22,6 +22,7 @@ def activation_matrix(
     max_rows: int | None = 4096,
     center: bool = True,
     generator: torch.Generator | None = None,
+    draws: dict[int, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Reshape a layer output to a float32 ``rows x features`` matrix.
 
@@ -32,9 +33,14 @@ def activation_matrix(
         conv: For channels-first outputs, ``"channel"`` gives ``(B·H·W, C)`` (each position a row)
             and ``"sample"`` gives ``(B, C·H·W)`` (what the peer does; caps every metric at B).
         max_rows: Rows above this many are subsampled uniformly (without replacement, with
-            ``generator``); ``None`` keeps all rows.
+            ``generator``; kept in their order); ``None`` keeps all rows.
         center: Subtract each column's mean.
         generator: Random generator on ``output.device`` for the row subsample.
+        draws: Rows already drawn, by row count (a dict the caller keeps for one sample): an
+            output whose row count is in it keeps the same rows, and a new draw is added to it.
+            The layers of one sample then share one random permutation per row count (each
+            layer's rows are still a uniform draw without replacement; on a ResNet the
+            permutations were a third of the capture's time).
 
     Returns:
         A 2-D float32 tensor on ``output.device``. With ``center=False`` it may share memory with
@@ -49,10 +55,10 @@ def activation_matrix(
     elif x.dim() == 1:
         x = x.reshape(-1, 1)
     elif channels_first and x.dim() > 2:
-        x = _positions_as_rows(x, max_rows, generator) if conv == "channel" else x.flatten(1)
+        x = _positions_as_rows(x, max_rows, generator, draws) if conv == "channel" else x.flatten(1)
     else:
         x = x.flatten(0, -2)
-    x = subsample_rows(x, max_rows, generator)
+    x = subsample_rows(x, max_rows, generator, draws)
     if x.dtype == torch.float64:  # may lie beyond float32's range: scale first (metrics don't care)
         x = x / x.abs().amax().clamp_min(torch.finfo(torch.float64).tiny)
     x = x.float()
@@ -68,14 +74,15 @@ def _centred(x: torch.Tensor) -> torch.Tensor:
     measured as zero, not as round-off) and the mean is taken as a weighted sum whose terms are
     pre-divided by the row count, so it cannot overflow however large the activations.
     """
-    shifted = x - x[:1]
+    shifted = x - x[:1]  # a new tensor: the mean comes off in place
     weights = x.new_full((x.shape[0],), 1.0 / x.shape[0])
-    return shifted - weights @ shifted
+    return shifted.sub_(weights @ shifted)
 
 
 def _positions_as_rows(
-    x: torch.Tensor, max_rows: int | None, generator: torch.Generator | None
-) -> torch.Tensor:
+    x: torch.Tensor, max_rows: int | None, generator: torch.Generator | None,
+    draws: dict[int, torch.Tensor] | None = None,
+) -> torch.Tensor:  # fmt: skip
     """``(B, C, *spatial)`` to ``(B·P, C)`` rows, picking the kept rows before anything is copied.
 
     The same rows, in the same order, as transposing, flattening and then :func:`subsample_rows`
@@ -87,18 +94,34 @@ def _positions_as_rows(
     count = batch * positions
     if max_rows is None or count <= max_rows:
         return flat.transpose(1, 2).reshape(count, channels)
-    index = torch.randperm(count, generator=generator, device=x.device)[:max_rows]
+    index = _draw(count, max_rows, generator, x.device, draws)
     return flat[index // positions, :, index % positions]
 
 
 def subsample_rows(
-    x: torch.Tensor, max_rows: int | None, generator: torch.Generator | None = None
-) -> torch.Tensor:
-    """Keep ``max_rows`` rows of ``x`` drawn uniformly without replacement (all if fewer)."""
+    x: torch.Tensor, max_rows: int | None, generator: torch.Generator | None = None,
+    draws: dict[int, torch.Tensor] | None = None,
+) -> torch.Tensor:  # fmt: skip
+    """Keep ``max_rows`` rows of ``x`` drawn uniformly without replacement (all if fewer);
+    ``draws``: as in :func:`activation_matrix`."""
     if max_rows is None or x.shape[0] <= max_rows:
         return x
-    index = torch.randperm(x.shape[0], generator=generator, device=x.device)[:max_rows]
-    return x.index_select(0, index)
+    return x.index_select(0, _draw(x.shape[0], max_rows, generator, x.device, draws))
+
+
+def _draw(
+    count: int, keep: int, generator: torch.Generator | None, device: torch.device,
+    draws: dict[int, torch.Tensor] | None,
+) -> torch.Tensor:  # fmt: skip
+    """``keep`` of ``range(count)`` drawn uniformly without replacement, in increasing order (a
+    gather in memory order reads the output ~40% faster, and a spectrum does not depend on the
+    order of rows), or the draw ``draws`` holds for ``count`` (on ``device``)."""
+    if draws is not None and count in draws and draws[count].device == device:
+        return draws[count]
+    index = torch.randperm(count, generator=generator, device=device)[:keep].sort().values
+    if draws is not None:
+        draws[count] = index
+    return index
 
 
 def _real(x: torch.Tensor) -> torch.Tensor:

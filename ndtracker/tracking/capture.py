@@ -64,6 +64,7 @@ class Capturer:
         self._hooked = "activation" in options.spaces
         self.examples = False  # capture one row per example of >2-D outputs (labels expected)
         self.example_indices: dict[int, torch.Tensor] = {}  # batch size -> kept examples (host)
+        self._draws: dict[int, torch.Tensor] = {}  # row count -> rows kept, shared by the sample's layers
         self._host_generator = torch.Generator().manual_seed(options.seed)
         self.measure_early: Callable[[list[TrackedLayer]], None] | None = None  # set by the sampler
         self._held: list[TrackedLayer] = []  # final captures not measured yet
@@ -88,6 +89,7 @@ class Capturer:
         self.armed = self.probing = False
         self._held, self._held_bytes = [], 0
         self.example_indices.clear()
+        self._draws.clear()
         for layer in self._layers:
             layer.clear()
         if self._options.hooks == "sampled":
@@ -205,6 +207,7 @@ class Capturer:
             max_rows=options.max_rows,
             center=options.center,
             generator=self._generator(tensor.device),
+            draws=self._draws,
         )
 
     def _generator(self, device: torch.device) -> torch.Generator:

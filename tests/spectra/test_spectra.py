@@ -318,6 +318,26 @@ def test_capped_channel_rows_are_the_rows_of_the_full_layout():
         assert torch.equal(got, expected)
 
 
+def test_outputs_of_one_row_count_share_one_draw_of_rows():
+    """With a ``draws`` dict, every output with the same row count keeps the same rows (a conv
+    layout and a flat one alike); another row count draws its own, and the dict records both."""
+    index = torch.arange(6 * 7 * 9, dtype=torch.float32)
+    conv = index.view(6, 7, 9).unsqueeze(1).expand(6, 3, 7, 9)  # each row's value is its position
+    flat = index.view(-1, 1).expand(-1, 4)
+    other = torch.arange(40, dtype=torch.float32).view(40, 1)
+    draws: dict[int, torch.Tensor] = {}
+    generator = torch.Generator().manual_seed(5)
+    options = {"max_rows": 30, "center": False, "generator": generator, "draws": draws}
+    first = spectra.activation_matrix(conv, channels_first=True, **options)
+    second = spectra.activation_matrix(flat, **options)
+    small = spectra.activation_matrix(other, **options)
+    assert torch.equal(first[:, 0], second[:, 0])
+    assert first[:, 0].unique().numel() == 30  # without replacement
+    assert sorted(draws) == [40, 6 * 7 * 9] and small[:, 0].unique().numel() == 30
+    again = spectra.activation_matrix(flat, max_rows=30, center=False, generator=generator, draws={})
+    assert not torch.equal(again[:, 0], second[:, 0])  # a new sample draws anew
+
+
 @pytest.mark.parametrize("rows", [1, 6, 7, 255])
 def test_centring_makes_constant_columns_exactly_zero(rows):
     constant = torch.randn(1, 5).expand(rows, 5)

@@ -8,6 +8,9 @@ import dataclasses
 import pytest
 import torch
 from torch import nn
+
+import ndtracker
+from ndtracker import Tracker
 from training_helpers import B, assert_all_ok, shapes, train
 
 
@@ -128,3 +131,25 @@ def test_dict_dataclass_and_object_outputs_with_output_key(tmp_path):
 def test_dict_output_without_output_key_takes_the_first_tensor(tmp_path):
     tracker, df = train(MultiOutput(), lambda: torch.randn(B, 6), tmp_path, layers="mid")
     assert shapes(df) == {"mid": (B, 1)}  # "aux" comes first: a (B,) tensor is one column
+
+
+def test_layers_of_one_sample_share_one_row_draw_per_row_count(tmp_path, monkeypatch):
+    """Two conv layers whose outputs have the same positions draw their capped rows once per
+    sample (one permutation, not one per layer), and each sample draws anew."""
+    drawn: list[int] = []
+    randperm = torch.randperm
+
+    def counting(count, *args, **kwargs):
+        drawn.append(count)
+        return randperm(count, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "randperm", counting)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1))
+    x = torch.randn(2, 3, 8, 8)
+    with Tracker(model, every=2, log_dir=tmp_path, max_rows=50, detect=False, spaces=("activation",)) as tracker:
+        for _ in range(4):
+            model(x).sum().backward()
+            tracker.step()
+    assert drawn == [2 * 8 * 8, 2 * 8 * 8]  # samples at steps 0 and 2: one draw each
+    frame = ndtracker.load(tmp_path)
+    assert len(frame) == 4 and frame["stable_rank"].notna().all()
