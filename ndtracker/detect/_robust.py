@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from functools import cache, lru_cache
 
 import numpy as np
-from numpy.lib.stride_tricks import as_strided
+from numpy.lib.stride_tricks import as_strided, sliding_window_view
 from numpy.typing import ArrayLike
 
 _BLOCK = 64  # samples per noise-estimation block; contexts are whole blocks, aligned at sample 0
@@ -27,7 +27,7 @@ _PHI_GRID = np.linspace(0.0, _MAX_PHI, 91)
 _LAGS = np.array([1, 2, 4, 8, 16])  # lags of the variogram fitted by the AR(1) noise model
 _MAD = 1.4826  # MAD -> sd for Gaussian data
 _MEAN_AD = 1.2533  # mean absolute deviation -> sd for Gaussian data
-_CACHED = 16384  # block layouts of series up to this many samples in all are cached
+_STACKED = 16384  # series up to this many samples in all share one stacked computation
 
 
 def _check(name: str, value: object, low: float, high: float = math.inf, *, integer: bool = False) -> None:
@@ -120,11 +120,33 @@ def _segment_robust_sd(values: np.ndarray, segments: _Segments) -> np.ndarray:
     return mad
 
 
+def _middle_distances(ordered: np.ndarray, centre: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k``-th and ``(k + 1)``-th smallest ``|ordered[i, j] - centre[i]|`` of each row, rows
+    sorted ascending (the second is inf if a row has only k values).
+
+    The ``k`` values nearest a point are ``k`` consecutive ones of a sorted row, so the ``k``-th
+    smallest distance is the smallest, over such runs, of the distance to the farther end.
+    """
+    width = ordered.shape[1] - k + 1
+    below, above = centre[:, None] - ordered[:, :width], ordered[:, k - 1 :] - centre[:, None]
+    kth = np.maximum(below, above).min(axis=1)
+    return kth, np.maximum(below[:, :-1], above[:, 1:]).min(axis=1, initial=np.inf)
+
+
 def _robust_sd(rows: np.ndarray) -> np.ndarray:
-    """Robust sd of each row of a 2-D array (:func:`_segment_robust_sd`)."""
-    count, width = rows.shape
-    segments = _Segments.of(np.arange(count) * width, np.full(count, width), rows.size)
-    return _segment_robust_sd(rows.ravel(), segments)
+    """Robust sd of each row: MAD about the median, or the mean absolute deviation if the MAD is 0."""
+    ordered = np.sort(rows, axis=1)  # sorting short rows is faster than partitioning them
+    half, odd = divmod(rows.shape[1], 2)
+    if odd:
+        median = ordered[:, half]
+        mad = _middle_distances(ordered, median, half + 1)[0]
+    else:
+        median = (ordered[:, half - 1] + ordered[:, half]) / 2
+        mad = np.add(*_middle_distances(ordered, median, half)) / 2
+    zero = np.flatnonzero(mad == 0)
+    mad = _MAD * mad
+    mad[zero] = _MEAN_AD * np.abs(rows[zero] - median[zero, None]).mean(axis=1)
+    return mad
 
 
 def _block_rows(size: int) -> tuple[list[int], list[int], list[int]]:
@@ -152,17 +174,11 @@ class _Contexts:
     windows: _Segments
 
 
+@lru_cache(maxsize=32)
 def _contexts(sizes: tuple[int, ...], half_blocks: int, n_blocks: int) -> _Contexts:
     """The blocks of series of ``sizes`` samples, and the ``n_blocks`` contexts of each: the
     ``2 * half_blocks + 1`` blocks around each (fewer if the series has fewer), shifted inward at
-    its ends. Cached for small series (an online detector's buffer has few sizes)."""
-    if sum(sizes) <= _CACHED:
-        return _cached_contexts(sizes, half_blocks, n_blocks)
-    return _cached_contexts.__wrapped__(sizes, half_blocks, n_blocks)
-
-
-@lru_cache(maxsize=32)
-def _cached_contexts(sizes: tuple[int, ...], half_blocks: int, n_blocks: int) -> _Contexts:
+    its ends (cached: an online detector's buffer has few sizes)."""
     starts: list[int] = []
     lengths: list[int] = []
     of_block: list[int] = []
@@ -183,17 +199,44 @@ def _cached_contexts(sizes: tuple[int, ...], half_blocks: int, n_blocks: int) ->
 def _block_sd(v: np.ndarray) -> np.ndarray:
     """Robust sd of ``v`` in each block of ``_BLOCK`` samples; a last block of fewer than half as
     many is pooled with the one before it (both get the pooled value)."""
-    starts, lengths, rows = _block_rows(v.size)
-    return _segment_robust_sd(v, _Segments.of(np.array(starts), np.array(lengths), v.size))[rows]
+    full, tail = divmod(v.size, _BLOCK)
+    sds = _robust_sd(v[: full * _BLOCK].reshape(full, _BLOCK))
+    if tail and (tail >= _BLOCK // 2 or not full):
+        return np.append(sds, _robust_sd(v[None, full * _BLOCK :]))
+    if tail:
+        sds[-1:] = _robust_sd(v[None, (full - 1) * _BLOCK :])
+        return np.append(sds, sds[-1])
+    return sds
 
 
 def _context_sds(vs: list[np.ndarray], half_blocks: int, n_blocks: int) -> np.ndarray:
-    """:func:`_context_sd` of each of ``vs``, one row each: one sort serves the blocks of all of
-    them, and one the contexts."""
+    """:func:`_context_sd` of each of ``vs``, one row each. Short series (an online detector's
+    buffer) are stacked: one sort serves the blocks of all of them and one the contexts, so the
+    cost is a few numpy calls; long ones are taken one by one, their blocks by reshaping."""
+    if sum(v.size for v in vs) > _STACKED:
+        return np.stack([_long_context_sd(v, half_blocks, n_blocks) for v in vs])
     where = _contexts(tuple(v.size for v in vs), half_blocks, n_blocks)
     per_block = _segment_robust_sd(np.concatenate(vs), where.rows)[where.of_block]
     ordered = np.sort(where.windows.rows(per_block), axis=1)
     return where.windows.median(ordered).reshape(len(vs), n_blocks)
+
+
+def _long_context_sd(v: np.ndarray, half_blocks: int, n_blocks: int) -> np.ndarray:
+    """:func:`_context_sd` of a long series: the block sds as rows of a reshaped array, the
+    contexts as sliding windows over them."""
+    per_block = _block_sd(v)
+    width = min(2 * half_blocks + 1, per_block.size)
+    lows = np.clip(np.arange(n_blocks) - half_blocks, 0, per_block.size - width)
+    return _row_median(sliding_window_view(per_block, width))[lows]
+
+
+def _row_median(rows: np.ndarray) -> np.ndarray:
+    """Median of each row of a 2-D array (as :func:`numpy.median`, by partial sorting)."""
+    half, odd = divmod(rows.shape[1], 2)
+    if odd:
+        return np.partition(rows, half, axis=1)[:, half]
+    middle = np.partition(rows, (half - 1, half), axis=1)[:, half - 1 : half + 1]
+    return (middle[:, 0] + middle[:, 1]) / 2
 
 
 def _context_sd(v: np.ndarray, half_blocks: int, n_blocks: int) -> np.ndarray:

@@ -143,10 +143,12 @@ def test_context_sds_of_several_series_equal_each_alone(half_blocks: int) -> Non
     """One stacked computation gives each series exactly its own context sds, whatever the
     other series' lengths (pooled and unpooled last blocks, short series, ties)."""
     rng = np.random.default_rng(half_blocks)
-    sizes = [1, 5, 40, 64, 70, 100, 127, 500, 1000]
+    sizes = [1, 5, 40, 64, 70, 100, 127, 500, 1000]  # stacked (short); and a long one alone below
     vs = [rng.standard_t(3, n) * 10 for n in sizes[:-1]] + [np.round(rng.normal(size=sizes[-1]))]
     n_blocks = 16
     stacked = _context_sds(vs, half_blocks, n_blocks)
     for v, row in zip(vs, stacked):
         assert np.array_equal(row, context_sd_oracle(v, half_blocks, n_blocks))
         assert np.array_equal(row, _context_sds([v], half_blocks, n_blocks)[0])
+    long = np.concatenate([rng.normal(size=20_000), rng.normal(5, 3, 20_030)])  # blocks by reshaping
+    assert np.array_equal(_context_sds([long], half_blocks, 700)[0], context_sd_oracle(long, half_blocks, 700))
