@@ -163,22 +163,10 @@ def _block_rows(size: int) -> tuple[list[int], list[int], list[int]]:
     return starts, lengths, rows
 
 
-@dataclass(frozen=True)
-class _Contexts:
-    """Where the blocks of some series, and each block's context, lie: the rows of the block
-    robust sds in the series concatenated, each block's row, and each context's blocks in the
-    blocks of all series concatenated."""
-
-    rows: _Segments
-    of_block: np.ndarray
-    windows: _Segments
-
-
 @lru_cache(maxsize=32)
-def _contexts(sizes: tuple[int, ...], half_blocks: int, n_blocks: int) -> _Contexts:
-    """The blocks of series of ``sizes`` samples, and the ``n_blocks`` contexts of each: the
-    ``2 * half_blocks + 1`` blocks around each (fewer if the series has fewer), shifted inward at
-    its ends (cached: an online detector's buffer has few sizes)."""
+def _block_layout(sizes: tuple[int, ...]) -> tuple[_Segments, np.ndarray]:
+    """The rows whose robust sds the blocks of series of ``sizes`` samples get (:func:`_block_rows`),
+    in the series concatenated, and each block's row (cached: a buffer has few sizes)."""
     starts: list[int] = []
     lengths: list[int] = []
     of_block: list[int] = []
@@ -189,11 +177,19 @@ def _contexts(sizes: tuple[int, ...], half_blocks: int, n_blocks: int) -> _Conte
         lengths += length
         of_block += [rows + r for r in row]
         offset, rows = offset + size, rows + len(first)
-    counts = -(-np.array(sizes) // _BLOCK)  # blocks of each series
-    widths = np.minimum(2 * half_blocks + 1, counts)
-    lows = np.clip(np.arange(n_blocks) - half_blocks, 0, (counts - widths)[:, None]) + (np.cumsum(counts) - counts)[:, None]
-    windows = _Segments.of(lows.ravel(), np.repeat(widths, n_blocks), int(counts.sum()))
-    return _Contexts(_Segments.of(np.array(starts), np.array(lengths), offset), np.array(of_block), windows)
+    return _Segments.of(np.array(starts), np.array(lengths), offset), np.array(of_block)
+
+
+@lru_cache(maxsize=32)
+def _context_windows(counts: tuple[int, ...], half_blocks: int, n_blocks: int) -> _Segments:
+    """The ``n_blocks`` contexts of each of some series of ``counts`` blocks, in their blocks
+    concatenated: the ``2 * half_blocks + 1`` blocks around each block (fewer if the series has
+    fewer), shifted inward at its ends (cached: block counts change every ``_BLOCK`` values)."""
+    blocks = np.array(counts)
+    widths = np.minimum(2 * half_blocks + 1, blocks)
+    lows = np.clip(np.arange(n_blocks) - half_blocks, 0, (blocks - widths)[:, None])
+    firsts = np.cumsum(blocks) - blocks
+    return _Segments.of((lows + firsts[:, None]).ravel(), np.repeat(widths, n_blocks), int(blocks.sum()))
 
 
 def _block_sd(v: np.ndarray) -> np.ndarray:
@@ -215,10 +211,10 @@ def _context_sds(vs: list[np.ndarray], half_blocks: int, n_blocks: int) -> np.nd
     cost is a few numpy calls; long ones are taken one by one, their blocks by reshaping."""
     if sum(v.size for v in vs) > _STACKED:
         return np.stack([_long_context_sd(v, half_blocks, n_blocks) for v in vs])
-    where = _contexts(tuple(v.size for v in vs), half_blocks, n_blocks)
-    per_block = _segment_robust_sd(np.concatenate(vs), where.rows)[where.of_block]
-    ordered = np.sort(where.windows.rows(per_block), axis=1)
-    return where.windows.median(ordered).reshape(len(vs), n_blocks)
+    rows, of_block = _block_layout(tuple(v.size for v in vs))
+    windows = _context_windows(tuple(-(-v.size // _BLOCK) for v in vs), half_blocks, n_blocks)
+    per_block = _segment_robust_sd(np.concatenate(vs), rows)[of_block]
+    return windows.median(np.sort(windows.rows(per_block), axis=1)).reshape(len(vs), n_blocks)
 
 
 def _long_context_sd(v: np.ndarray, half_blocks: int, n_blocks: int) -> np.ndarray:
