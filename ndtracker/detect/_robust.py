@@ -263,9 +263,10 @@ def _running_median(y: np.ndarray, half: int) -> np.ndarray:
     step = padded.strides[0]  # the windows of 2 * half samples from padded[1], every other one:
     shared = as_strided(padded[1:], (pairs, 2 * half), (2 * step, step), writeable=False)
     middle = np.sort(shared, axis=1)[:, half - 1 : half + 1]  # sorting is faster than partitioning
-    first = np.clip(padded[: 2 * pairs : 2], middle[:, 0], middle[:, 1])
-    second = np.clip(padded[2 * half + 1 :: 2][:pairs], middle[:, 0], middle[:, 1])
-    return np.stack([first, second], axis=1).ravel()[: y.size]
+    out = np.empty(2 * pairs)
+    out[0::2] = np.clip(padded[: 2 * pairs : 2], middle[:, 0], middle[:, 1])
+    out[1::2] = np.clip(padded[2 * half + 1 :: 2][:pairs], middle[:, 0], middle[:, 1])
+    return out[: y.size]
 
 
 def _end_level(y: np.ndarray) -> float:
