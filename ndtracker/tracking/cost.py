@@ -1,0 +1,124 @@
+"""What sampling costs the training loop, read from the loop's own clock, and a warning when it is high.
+
+The tracker's host time is not its cost on a GPU: a sample's one synchronisation also waits for the
+work the training step queued before it. So the cost is read from the loop instead: the wall time
+between consecutive :meth:`~ndtracker.Tracker.step` calls, for the steps the tracker touched (the
+one whose :meth:`~ndtracker.Tracker.step` call measures a sample's weights and arms the hooks, the
+sampled step itself) against the median of the steps it did not touch, as a benchmark compares a
+tracked loop with a bare one. It needs untouched steps, so it is silent at ``every`` of 1 or 2,
+and it leaves out the first two samples (cold starts).
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import deque
+from dataclasses import dataclass
+
+__all__ = ["Overhead", "OverheadMeter", "WARN_SHARE"]
+
+WINDOW = 256  # step intervals kept (the figures describe the recent past)
+MIN_SAMPLES = 8  # samples in the window before a figure is given
+MIN_QUIET = 8  # untouched steps in the window before a figure is given
+WARMUP = 2  # first samples left out (a stream's first measurement starts cold and deep)
+WARN_SHARE = 0.3  # a loop slowed by more than this fraction is warned about (once)
+
+
+@dataclass(frozen=True)
+class Overhead:
+    """What sampling has cost the training loop over the last few hundred steps.
+
+    Attributes:
+        share: The touched steps' extra wall time as a fraction of the loop's time without it
+            (0.25: the loop runs 25 % slower than it would untracked).
+        per_sample_ms: Extra wall time per sample (a mean without the extreme 5 %), in milliseconds.
+        step_ms: Median wall time of an untouched step, in milliseconds.
+        samples: Samples in the window the figures come from.
+    """
+
+    share: float
+    per_sample_ms: float
+    step_ms: float
+    samples: int
+
+    def advice(self, every: object) -> str:
+        """A warning text: the figures and the options that make sampling cheaper."""
+        return (
+            f"sampling costs about {self.share:.0%} of the training loop's time so far "
+            f"({self.per_sample_ms:.1f} ms per sample; a step without sampling takes "
+            f"{self.step_ms:.1f} ms; every={every}). To make it cheaper: a larger every=, "
+            "weight_every= a multiple of every (weights change slowly), max_rows=1024, fewer "
+            "layers (layers=[...] or max_layers=), or detect=False (no online events); "
+            "Tracker.overhead gives the current figure"
+        )
+
+
+class OverheadMeter:
+    """The wall time of the loop's recent steps, marked touched or not (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self._intervals: deque[tuple[float, bool, bool]] = deque(maxlen=WINDOW)  # (seconds, touched, sample)
+        self._last: float | None = None
+        self._touched = self._sample = False
+        self._begun = 0  # samples begun
+        self.warned = False
+
+    def tick(self, now: float, touches_next: bool, sample_next: bool) -> None:
+        """A :meth:`~ndtracker.Tracker.step` call entered at ``now`` (seconds, monotonic).
+
+        Args:
+            now: The call's entry time (the end of the user's step).
+            touches_next: Whether this call does sampling work (which falls in the next interval).
+            sample_next: Whether the step this call begins is sampled.
+        """
+        if self._last is not None and self._begun > WARMUP:
+            self._intervals.append((now - self._last, self._touched, self._sample))
+        self._last, self._touched, self._sample = now, touches_next, sample_next
+        self._begun += sample_next
+
+    def overhead(self) -> Overhead | None:
+        """The figures over the window, or None while it holds too few samples or untouched steps."""
+        quiet = [seconds for seconds, touched, _ in self._intervals if not touched]
+        samples = sum(sample for _, _, sample in self._intervals)
+        if len(quiet) < MIN_QUIET or samples < MIN_SAMPLES:
+            return None
+        step = statistics.median(quiet)
+        if step <= 0:
+            return None
+        extra = max(_trimmed_mean(self._extra_per_sample(step)), 0.0)
+        share = extra * samples / (step * len(self._intervals))
+        return Overhead(share, 1e3 * extra, 1e3 * step, samples)
+
+    def _extra_per_sample(self, step: float) -> list[float]:
+        """Each sample's extra time: its run of touched intervals, less an untouched step each.
+
+        Averaged without the highest and lowest 5 % (:func:`_trimmed_mean`), against the median
+        untouched step, so a stall that hits one step (an evaluation pass, a checkpoint, a busy
+        machine) does not read as the tracker's cost, while the samples that cost more by design
+        (the online detector checks every 4th and 8th value) still count.
+        """
+        extras: list[float] = []
+        for seconds, touched, sample in self._intervals:
+            if sample:
+                extras.append(0.0)
+            if touched and extras:
+                extras[-1] += seconds - step
+        return extras
+
+    def check(self) -> Overhead | None:
+        """The figures, the first time they exceed :data:`WARN_SHARE` (then never again)."""
+        if self.warned:
+            return None
+        found = self.overhead()
+        if found is None or found.share <= WARN_SHARE:
+            return None
+        self.warned = True
+        return found
+
+
+def _trimmed_mean(values: list[float], cut: float = 0.05) -> float:
+    """The mean of ``values`` without the highest and lowest ``cut`` of them (at least one value)."""
+    ordered = sorted(values)
+    drop = int(cut * len(ordered))
+    kept = ordered[drop : len(ordered) - drop] or ordered
+    return sum(kept) / len(kept)

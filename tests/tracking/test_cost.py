@@ -1,0 +1,115 @@
+"""The overhead meter: the loop's wall time of touched steps against untouched ones (exact on
+synthetic clocks), and the one warning a slow sampling gets."""
+
+from __future__ import annotations
+
+import time
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import ndtracker
+from ndtracker import spectra
+from ndtracker.tracking.cost import MIN_SAMPLES, WARMUP, WARN_SHARE, OverheadMeter
+
+
+def drive(meter: OverheadMeter, every: int, samples: int, step: float, weights: float, activations: float) -> None:
+    """Ticks of a loop sampled every ``every`` steps: an untouched step lasts ``step`` seconds, the
+    interval after the weights' call ``step + weights``, the one after the activations' call
+    ``step + activations``."""
+    now = 0.0
+    for t in range(every * samples + 2):  # the last tick closes the last sample's interval
+        sampled_next, ended = (t + 1) % every == 0, t % every == 0
+        meter.tick(now, sampled_next or ended, sampled_next)
+        now += step + (weights if sampled_next else 0.0) + (activations if ended else 0.0)
+
+
+def test_the_share_is_the_touched_steps_extra_time_over_the_loop_without_it():
+    meter = OverheadMeter()
+    drive(meter, every=5, samples=20, step=0.004, weights=0.003, activations=0.005)
+    found = meter.overhead()
+    assert found is not None
+    assert found.step_ms == pytest.approx(4.0)
+    assert found.per_sample_ms == pytest.approx(8.0)
+    assert found.share == pytest.approx(8.0 / (5 * 4.0), rel=0.05)  # the window starts after the warm-up
+
+
+def test_the_first_samples_are_left_out():
+    """A cold first sample (a deep first Lanczos run) does not count."""
+    meter = OverheadMeter()
+    now = 0.0
+    for t in range(5 * 20 + 1):
+        sampled_next, ended = (t + 1) % 5 == 0, t % 5 == 0
+        meter.tick(now, sampled_next or ended, sampled_next)
+        now += 0.004 + (10.0 if t == 4 else 0.0)  # the weights of the first sample: 10 s
+    assert meter.overhead().share == pytest.approx(0.0)
+
+
+def test_no_figure_without_enough_samples_or_untouched_steps():
+    short = OverheadMeter()
+    drive(short, every=5, samples=WARMUP + MIN_SAMPLES - 1, step=0.004, weights=0.003, activations=0.005)
+    assert short.overhead() is None
+    every_other = OverheadMeter()
+    drive(every_other, every=2, samples=100, step=0.004, weights=0.003, activations=0.005)
+    assert every_other.overhead() is None  # every step is touched: nothing to compare with
+
+
+def test_samples_that_cost_more_by_design_count():
+    """Every fourth sample costs 9 ms more (the detector's check): the mean counts it."""
+    meter = OverheadMeter()
+    now, samples = 0.0, 0
+    for t in range(5 * 41 + 2):
+        sampled_next, ended = (t + 1) % 5 == 0, t % 5 == 0
+        meter.tick(now, sampled_next or ended, sampled_next)
+        samples += ended
+        now += 0.004 + (0.002 if sampled_next else 0.0) + (0.001 + (0.009 if samples % 4 == 0 else 0.0) if ended else 0.0)
+    assert meter.overhead().per_sample_ms == pytest.approx(3.0 + 9.0 / 4, rel=0.05)
+
+
+def test_check_reports_a_high_share_once_and_a_low_one_never():
+    cheap = OverheadMeter()
+    drive(cheap, every=5, samples=30, step=0.010, weights=0.001, activations=0.002)
+    assert cheap.overhead().share < WARN_SHARE and cheap.check() is None
+    costly = OverheadMeter()
+    drive(costly, every=5, samples=30, step=0.004, weights=0.010, activations=0.010)
+    found = costly.check()
+    assert found is not None and found.share > WARN_SHARE
+    assert costly.check() is None  # once
+    assert "every=5" in found.advice(5) and "weight_every" in found.advice(5)
+
+
+def test_a_stall_in_one_step_is_not_read_as_the_trackers_cost():
+    """An evaluation pass or a checkpoint that lands on a sampled step adds to that sample only:
+    the trimmed mean over samples leaves it out."""
+    meter = OverheadMeter()
+    now = 0.0
+    for t in range(5 * 30 + 2):
+        sampled_next, ended = (t + 1) % 5 == 0, t % 5 == 0
+        meter.tick(now, sampled_next or ended, sampled_next)
+        now += 0.010 + (0.001 if sampled_next else 0.0) + (0.001 if ended else 0.0)
+        now += 5.0 if t == 5 * 20 else 0.0  # a 5-second stall after a sample's measurement
+    found = meter.overhead()
+    assert found.per_sample_ms == pytest.approx(2.0) and meter.check() is None
+
+
+def test_a_slow_sampling_is_warned_about_once_with_what_to_change(tmp_path, monkeypatch):
+    measure_many = spectra.measure_many
+
+    def slow(jobs):
+        time.sleep(0.05)  # each sample's two batches: 100 ms against steps of about a millisecond
+        return measure_many(jobs)
+
+    monkeypatch.setattr(spectra, "measure_many", slow)
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with ndtracker.Tracker(model, every=5, log_dir=tmp_path, detect=False) as tracker:
+            for _ in range(5 * (WARMUP + MIN_SAMPLES + 2)):
+                model(torch.randn(4, 8)).sum().backward()
+                tracker.step()
+            overhead = tracker.overhead
+    messages = [str(w.message) for w in caught if "sampling costs" in str(w.message)]
+    assert len(messages) == 1 and "max_rows=1024" in messages[0] and "training continues" in messages[0]
+    assert overhead is not None and overhead.share > 3 and overhead.per_sample_ms > 90
