@@ -4,9 +4,10 @@ The tracker's host time is not its cost on a GPU: a sample's one synchronisation
 work the training step queued before it. So the cost is read from the loop instead: the wall time
 between consecutive :meth:`~ndtracker.Tracker.step` calls, for the steps the tracker touched (the
 one whose :meth:`~ndtracker.Tracker.step` call measures a sample's weights and arms the hooks, the
-sampled step itself) against the median of the steps it did not touch, as a benchmark compares a
-tracked loop with a bare one. It needs untouched steps, so it is silent at ``every`` of 1 or 2,
-and it leaves out the first two samples (cold starts).
+sampled step itself, and the step after them, which refills the caches a sample evicted) against
+the median of the steps apart from samples, as a benchmark compares a tracked loop with a bare
+one. It needs untouched steps, so it is silent at ``every`` of 1 or 2, and it leaves out the
+first two samples (cold starts).
 """
 
 from __future__ import annotations
@@ -78,30 +79,43 @@ class OverheadMeter:
 
     def overhead(self) -> Overhead | None:
         """The figures over the window, or None while it holds too few samples or untouched steps."""
-        quiet = [seconds for seconds, touched, _ in self._intervals if not touched]
+        kinds = self._kinds()
         samples = sum(sample for _, _, sample in self._intervals)
+        apart = [seconds for (seconds, _, _), kind in zip(self._intervals, kinds) if kind == "apart"]
+        quiet = apart if len(apart) >= MIN_QUIET else [
+            seconds for (seconds, _, _), kind in zip(self._intervals, kinds) if kind != "touched"
+        ]  # fmt: skip
         if len(quiet) < MIN_QUIET or samples < MIN_SAMPLES:
             return None
         step = statistics.median(quiet)
         if step <= 0:
             return None
-        extra = max(_trimmed_mean(self._extra_per_sample(step)), 0.0)
+        extra = max(_trimmed_mean(self._extra_per_sample(step, kinds)), 0.0)
         share = extra * samples / (step * len(self._intervals))
         return Overhead(share, 1e3 * extra, 1e3 * step, samples)
 
-    def _extra_per_sample(self, step: float) -> list[float]:
-        """Each sample's extra time: its run of touched intervals, less an untouched step each.
+    def _kinds(self) -> list[str]:
+        """Each interval: ``touched``, ``after`` (the first untouched one after a touched one:
+        the sample evicted the step's data from the caches, which it refills) or ``apart``."""
+        kinds, previous = [], False
+        for _, touched, _ in self._intervals:
+            kinds.append("touched" if touched else "after" if previous else "apart")
+            previous = touched
+        return kinds
+
+    def _extra_per_sample(self, step: float, kinds: list[str]) -> list[float]:
+        """Each sample's extra time: its touched intervals and the one after them, less a step each.
 
         Averaged without the highest and lowest 5 % (:func:`_trimmed_mean`), against the median
-        untouched step, so a stall that hits one step (an evaluation pass, a checkpoint, a busy
-        machine) does not read as the tracker's cost, while the samples that cost more by design
-        (the online detector checks every 4th and 8th value) still count.
+        step apart from samples, so a stall that hits one step (an evaluation pass, a checkpoint,
+        a busy machine) does not read as the tracker's cost, while the samples that cost more by
+        design (the online detector checks every 4th and 8th value) still count.
         """
         extras: list[float] = []
-        for seconds, touched, sample in self._intervals:
+        for (seconds, _, sample), kind in zip(self._intervals, kinds):
             if sample:
                 extras.append(0.0)
-            if touched and extras:
+            if kind != "apart" and extras:
                 extras[-1] += seconds - step
         return extras
 

@@ -36,6 +36,20 @@ def test_the_share_is_the_touched_steps_extra_time_over_the_loop_without_it():
     assert found.share == pytest.approx(8.0 / (5 * 4.0), rel=0.05)  # the window starts after the warm-up
 
 
+def test_the_step_after_a_sample_counts_and_the_baseline_is_the_steps_apart():
+    """The first step after a sample's work refills the caches it evicted (1 ms here): that is
+    the sample's cost, and the bare step is read from the steps apart from samples."""
+    meter = OverheadMeter()
+    now = 0.0
+    for t in range(5 * 30 + 2):
+        sampled_next, ended = (t + 1) % 5 == 0, t % 5 == 0
+        meter.tick(now, sampled_next or ended, sampled_next)
+        refill = 0.001 if t % 5 == 1 else 0.0
+        now += 0.004 + refill + (0.002 if sampled_next else 0.0) + (0.003 if ended else 0.0)
+    found = meter.overhead()
+    assert found.step_ms == pytest.approx(4.0) and found.per_sample_ms == pytest.approx(6.0)
+
+
 def test_the_first_samples_are_left_out():
     """A cold first sample (a deep first Lanczos run) does not count."""
     meter = OverheadMeter()
