@@ -22,7 +22,9 @@ WINDOW = 256  # step intervals kept (the figures describe the recent past)
 MIN_SAMPLES = 8  # samples in the window before a figure is given
 MIN_QUIET = 8  # untouched steps in the window before a figure is given
 WARMUP = 2  # first samples left out (a stream's first measurement starts cold and deep)
-WARN_SHARE = 0.3  # a loop slowed by more than this fraction is warned about (once)
+WARN_SHARE = 0.3  # a loop slowed by more than this fraction is warned about (once) ...
+WARN_MS = 20.0  # ... if each sample costs it more than this many milliseconds (below, 10 000 steps
+# at every=5 lose under 40 s: a tiny model's loop, slowed in relative terms only, is not warned about)
 
 
 @dataclass(frozen=True)
@@ -120,11 +122,11 @@ class OverheadMeter:
         return extras
 
     def check(self) -> Overhead | None:
-        """The figures, the first time they exceed :data:`WARN_SHARE` (then never again)."""
+        """The figures, the first time they exceed :data:`WARN_SHARE` and :data:`WARN_MS` (then never again)."""
         if self.warned:
             return None
         found = self.overhead()
-        if found is None or found.share <= WARN_SHARE:
+        if found is None or found.share <= WARN_SHARE or found.per_sample_ms <= WARN_MS:
             return None
         self.warned = True
         return found

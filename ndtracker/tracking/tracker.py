@@ -379,7 +379,8 @@ class Tracker:
         The wall time of the steps the tracker touched against the median of the others (a bare
         loop's, in effect): ``share`` (0.25: 25 % slower than untracked), ``per_sample_ms`` and
         ``step_ms``. None until the window holds 8 samples and 8 untouched steps (never at
-        ``every`` of 1 or 2). Past 30 %, a warning (once) names the options that make it cheaper.
+        ``every`` of 1 or 2). Past 30 % and 20 ms per sample, a warning (once) names the options that
+        make it cheaper.
         """
         return self._meter.overhead()
 

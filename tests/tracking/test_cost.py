@@ -12,7 +12,7 @@ from torch import nn
 
 import ndtracker
 from ndtracker import spectra
-from ndtracker.tracking.cost import MIN_SAMPLES, WARMUP, WARN_SHARE, OverheadMeter
+from ndtracker.tracking.cost import MIN_SAMPLES, WARMUP, WARN_MS, WARN_SHARE, OverheadMeter
 
 
 def drive(meter: OverheadMeter, every: int, samples: int, step: float, weights: float, activations: float) -> None:
@@ -86,8 +86,12 @@ def test_check_reports_a_high_share_once_and_a_low_one_never():
     cheap = OverheadMeter()
     drive(cheap, every=5, samples=30, step=0.010, weights=0.001, activations=0.002)
     assert cheap.overhead().share < WARN_SHARE and cheap.check() is None
+    fast = OverheadMeter()  # a tiny model: twice as slow, but 3 ms per sample
+    drive(fast, every=5, samples=30, step=0.001, weights=0.0015, activations=0.0015)
+    assert fast.overhead().share > WARN_SHARE and fast.overhead().per_sample_ms < WARN_MS
+    assert fast.check() is None
     costly = OverheadMeter()
-    drive(costly, every=5, samples=30, step=0.004, weights=0.010, activations=0.010)
+    drive(costly, every=5, samples=30, step=0.004, weights=0.015, activations=0.015)
     found = costly.check()
     assert found is not None and found.share > WARN_SHARE
     assert costly.check() is None  # once
