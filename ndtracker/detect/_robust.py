@@ -369,14 +369,3 @@ def _rounding_scale(y: np.ndarray, n_blocks: int) -> np.ndarray:
     peak = magnitude.reshape(n_blocks, _BLOCK).max(axis=1)
     before, after = np.concatenate([peak[:1], peak[:-1]]), np.concatenate([peak[1:], peak[-1:]])
     return np.maximum(peak, np.maximum(before, after))
-
-
-def _noise_variance(residuals: np.ndarray, lags: np.ndarray, floor: float) -> float:
-    """AR(1)-inflated noise variance ``s^2 (1 + phi) / (1 - phi)`` of a series of residuals (fitted
-    on second differences at ``lags``, as in :func:`_local_noise`), at least ``floor``."""
-    lags = lags[lags <= residuals.size // 6]
-    if lags.size < 2:
-        return floor
-    variances = np.array([[_robust_sd(_second_differences(residuals, k)[None])[0] ** 2 for k in lags]])
-    sigma, phi = _ar1_fit(variances, lags)
-    return max(float(sigma[0] ** 2 * (1 + phi[0]) / (1 - phi[0])), floor)
