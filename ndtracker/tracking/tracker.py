@@ -41,6 +41,7 @@ __all__ = ["Tracker"]
 Space = Literal["activation", "weight"]
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _INTERNAL_DIRS = tuple(d + os.sep for d in (_PACKAGE_DIR, os.path.dirname(torch.__file__)))
+_FRAMEWORKS = ("lightning", "pytorch_lightning", "transformers", "accelerate")  # their frames are not the user's
 
 
 class Tracker:
@@ -483,8 +484,22 @@ def _warn_at_user(message: str) -> None:
 
 
 def _user_stacklevel() -> int:
-    """The ``stacklevel`` that points a warning at the first frame outside ndtracker and torch."""
+    """The ``stacklevel`` that points a warning at the first frame outside ndtracker, torch and the
+    training frameworks (Lightning, transformers, accelerate)."""
+    internal = _INTERNAL_DIRS + _framework_dirs()
     frame, level = sys._getframe(1), 1
-    while frame is not None and frame.f_code.co_filename.startswith(_INTERNAL_DIRS):
+    while frame is not None and frame.f_code.co_filename.startswith(internal):
         frame, level = frame.f_back, level + 1
     return level
+
+
+def _framework_dirs() -> tuple[str, ...]:
+    """The directories of the training frameworks already imported (a warning raised inside
+    ``trainer.fit()`` points at the user's ``fit`` line, not at the framework's loop)."""
+    dirs = []
+    for name in _FRAMEWORKS:
+        module = sys.modules.get(name)
+        path = getattr(module, "__file__", None)
+        if path:
+            dirs.append(os.path.dirname(os.path.abspath(path)) + os.sep)
+    return tuple(dirs)

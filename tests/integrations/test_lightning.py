@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -75,6 +76,21 @@ def test_one_step_per_optimizer_step_with_the_trainers_loss(tmp_path):
         assert loss == pytest.approx(expected[step], rel=1e-6)
     assert callback.tracker.current_step == 6
     assert hook_count(module) == 0
+
+
+def test_a_warning_inside_fit_points_at_the_users_fit_line(tmp_path, monkeypatch):
+    """A measurement that fails inside ``trainer.fit()`` warns at the user's line, not at a frame
+    of Lightning's loop."""
+    def broken(jobs):
+        raise RuntimeError("no measurement today")
+
+    monkeypatch.setattr(ndtracker.spectra, "measure_many", broken)
+    callback = TrackerCallback(every=2, log_dir=str(tmp_path / "nd"), detect=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer(callback, max_steps=4).fit(Classifier(), loader())
+    ours = [w for w in caught if str(w.message).startswith("ndtracker") and "measurement failed" in str(w.message)]
+    assert ours and {w.filename for w in ours} == {__file__}
 
 
 def test_figures_go_to_the_trainers_loggers(tmp_path):
