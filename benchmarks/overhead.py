@@ -365,6 +365,29 @@ def _num(value: float) -> str:
 # ------------------------------------------------------------------------------------ details
 
 
+def print_meter(workload: Workload, model: nn.Module, steps: int) -> None:
+    """``Tracker.overhead`` (the loop's own clock) against the overhead measured here: a bare run
+    then a tracked run of ``steps`` steps each, one after the other (not interleaved: the meter
+    reads consecutive steps of one loop)."""
+    seconds, readings = {}, None
+    with tempfile.TemporaryDirectory() as log_root:
+        for arm in (Arm("bare", "bare"), Arm("ours e=5", "ours", 5)):
+            runner = Runner(workload, model, arm, log_root)
+            start = time.perf_counter()
+            runner.run(steps)
+            seconds[arm.name] = time.perf_counter() - start
+            if runner.tracker is not None:
+                readings = runner.tracker.overhead
+            runner.close()
+    measured = seconds["ours e=5"] / seconds["bare"] - 1
+    read = "none (too few samples)" if readings is None else (
+        f"{_pct(readings.share)}, {readings.per_sample_ms:.2f} ms per sample, a step apart from samples "
+        f"{readings.step_ms:.2f} ms"
+    )  # fmt: skip
+    print(f"  Tracker.overhead at every=5: {read}; measured here (bare then tracked, {steps} steps each): "
+          f"{_pct(measured)}")
+
+
 def print_estimators(runner: Runner) -> None:
     """Which estimator each (layer, space) used over the run, from our logs."""
     frame = ndtracker.load(runner.log_dir)
@@ -608,6 +631,7 @@ def run_workload(name: str, quick: bool, rounds: int | None, memory: bool) -> di
         print_figures(figures)
         print_estimators(next(r for r in runners if r.arm.name == "ours e=5"))
     trained = runners[0].model  # the bare arm's model, trained as long as the others
+    print_meter(workload, model, steps=200 if quick else 400)
     print_breakdown(workload, trained, repeats=5 if quick else 15)
     print_operations(workload, trained)
     floor = gram_floor_ms(workload, trained, repeats=5 if quick else 15)
