@@ -22,6 +22,7 @@ WINDOW = 256  # step intervals kept (the figures describe the recent past)
 MIN_SAMPLES = 8  # samples in the window before a figure is given
 MIN_QUIET = 8  # untouched steps in the window before a figure is given
 WARMUP = 2  # first samples left out (a stream's first measurement starts cold and deep)
+CHECK_EVERY = 8  # samples between two evaluations by check() (one costs ~50 µs of Python)
 WARN_SHARE = 0.3  # a loop slowed by more than this fraction is warned about (once) ...
 WARN_MS = 20.0  # ... if each sample costs it more than this many milliseconds (below, 10 000 steps
 # at every=5 lose under 40 s: a tiny model's loop, slowed in relative terms only, is not warned about)
@@ -64,6 +65,7 @@ class OverheadMeter:
         self._last: float | None = None
         self._touched = self._sample = False
         self._begun = 0  # samples begun
+        self._next_check = 0  # samples begun at which check() evaluates next
         self.warned = False
 
     def tick(self, now: float, touches_next: bool, sample_next: bool) -> None:
@@ -122,9 +124,11 @@ class OverheadMeter:
         return extras
 
     def check(self) -> Overhead | None:
-        """The figures, the first time they exceed :data:`WARN_SHARE` and :data:`WARN_MS` (then never again)."""
-        if self.warned:
+        """The figures, the first time they exceed :data:`WARN_SHARE` and :data:`WARN_MS` (then never
+        again); evaluated once every :data:`CHECK_EVERY` samples (None in between)."""
+        if self.warned or self._begun < self._next_check:
             return None
+        self._next_check = self._begun + CHECK_EVERY
         found = self.overhead()
         if found is None or found.share <= WARN_SHARE or found.per_sample_ms <= WARN_MS:
             return None

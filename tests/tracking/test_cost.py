@@ -12,7 +12,7 @@ from torch import nn
 
 import ndtracker
 from ndtracker import spectra
-from ndtracker.tracking.cost import MIN_SAMPLES, WARMUP, WARN_MS, WARN_SHARE, OverheadMeter
+from ndtracker.tracking.cost import CHECK_EVERY, MIN_SAMPLES, WARMUP, WARN_MS, WARN_SHARE, OverheadMeter
 
 
 def drive(meter: OverheadMeter, every: int, samples: int, step: float, weights: float, activations: float) -> None:
@@ -124,7 +124,7 @@ def test_a_slow_sampling_is_warned_about_once_with_what_to_change(tmp_path, monk
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         with ndtracker.Tracker(model, every=5, log_dir=tmp_path, detect=False) as tracker:
-            for _ in range(5 * (WARMUP + MIN_SAMPLES + 2)):
+            for _ in range(5 * (WARMUP + MIN_SAMPLES + CHECK_EVERY + 2)):  # checked every CHECK_EVERY samples
                 model(torch.randn(4, 8)).sum().backward()
                 tracker.step()
             overhead = tracker.overhead
