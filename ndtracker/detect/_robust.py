@@ -193,16 +193,15 @@ def _context_windows(counts: tuple[int, ...], half_blocks: int, n_blocks: int) -
 
 
 def _block_sd(v: np.ndarray) -> np.ndarray:
-    """Robust sd of ``v`` in each block of ``_BLOCK`` samples; a last block of fewer than half as
-    many is pooled with the one before it (both get the pooled value)."""
-    full, tail = divmod(v.size, _BLOCK)
-    sds = _robust_sd(v[: full * _BLOCK].reshape(full, _BLOCK))
-    if tail and (tail >= _BLOCK // 2 or not full):
-        return np.append(sds, _robust_sd(v[None, full * _BLOCK :]))
-    if tail:
-        sds[-1:] = _robust_sd(v[None, (full - 1) * _BLOCK :])
-        return np.append(sds, sds[-1])
-    return sds
+    """Robust sd of ``v`` in each block of ``_BLOCK`` samples, the blocks laid out by
+    :func:`_block_rows` (a short last block pooled with the one before it); the whole blocks as
+    rows of a reshaped array."""
+    starts, lengths, rows = _block_rows(v.size)
+    whole = sum(length == _BLOCK for length in lengths)
+    sds = _robust_sd(v[: whole * _BLOCK].reshape(whole, _BLOCK)) if whole else np.empty(0)
+    if whole < len(starts):  # the last row: a short block alone, or pooled with the one before
+        sds = np.append(sds, _robust_sd(v[None, starts[-1] : starts[-1] + lengths[-1]]))
+    return sds[rows]
 
 
 def _context_sds(vs: list[np.ndarray], half_blocks: int, n_blocks: int) -> np.ndarray:
