@@ -15,7 +15,8 @@ The modules: :mod:`~ndtracker.spectra.matrices` (layer outputs and weights to 2-
 :mod:`~ndtracker.spectra.exact` (Gram eigenvalues), :mod:`~ndtracker.spectra.lanczos` (the
 streaming estimator), :mod:`~ndtracker.spectra.batch` (a sample's matrices in one batch),
 :mod:`~ndtracker.spectra.stacked` (same-shape matrices as one stack),
-:mod:`~ndtracker.spectra.result` (the named record) and :mod:`~ndtracker.spectra.precision`.
+:mod:`~ndtracker.spectra.result` (the named record), :mod:`~ndtracker.spectra.precision` and
+:mod:`~ndtracker.spectra.threads` (how a measurement runs).
 This package knows nothing of the Tracker, of files or of detection.
 """
 
@@ -27,10 +28,11 @@ from ndtracker.spectra.lanczos import TOLERANCE, StreamingSpectrum
 from ndtracker.spectra.matrices import ConvLayout, activation_matrix, subsample_rows, weight_matrix
 from ndtracker.spectra.precision import full_precision
 from ndtracker.spectra.result import Result
+from ndtracker.spectra.threads import one_thread
 
 __all__ = [
     "TOLERANCE", "SMALL_SIDE", "Job", "Result", "StreamingSpectrum", "ConvLayout",
-    "measure_many", "measure", "choose_estimator", "full_precision",
+    "measure_many", "measure", "choose_estimator", "full_precision", "one_thread",
     "activation_matrix", "subsample_rows", "weight_matrix", "metrics_from_eigenvalues",
     "exact_spectrum", "gram_matrix", "symmetric_product",
 ]  # fmt: skip

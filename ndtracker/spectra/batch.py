@@ -23,6 +23,7 @@ from ndtracker.spectra.exact import HOST_SIDE, ROW_FIELDS, empty_row, exact_gram
 from ndtracker.spectra.lanczos import TOLERANCE, Krylov, StreamingSpectrum, group_key, prepare, prepare_gram, run
 from ndtracker.spectra.result import Result
 from ndtracker.spectra.stacked import StackedGrams, StackedLanczos, chunks, run_stack, stack_key
+from ndtracker.spectra.threads import one_thread
 from ndtracker.vocabulary import ESTIMATORS, FULL_SPECTRUM, METRICS, Estimator
 
 __all__ = ["SMALL_SIDE", "Job", "choose_estimator", "measure_many", "measure"]
@@ -75,7 +76,8 @@ def measure_many(jobs: list[Job]) -> list[Result]:
     non-finite entries, or magnitudes out of float32's range), are measured again (:func:`_redo`:
     a second transfer, for those rows only), and every stream tunes its Lanczos depth from its
     error (:meth:`StreamingSpectrum.adapt`). So every figure returned is within the tolerance, and
-    misses stay rare once a stream has settled.
+    misses stay rare once a stream has settled. CPU work runs on one intra-op thread while the
+    matrices are small (:mod:`ndtracker.spectra.threads`: threads only add waits there).
 
     Returns:
         One :class:`Result` per job, in order, each naming the estimator that produced it.
@@ -86,15 +88,16 @@ def measure_many(jobs: list[Job]) -> list[Result]:
     """
     if not jobs:
         return []
-    table = _measure_rows(jobs)
-    used = [j.estimator for j in jobs]
-    redo = [i for i, row in enumerate(table) if not row[_ERROR] <= TOLERANCE]  # NaN included
-    for i, job in enumerate(jobs):
-        if job.state is not None and job.estimator == "randomized":
-            job.state.adapt(table[i][_ERROR])
-            job.state.fallbacks += int(i in redo)
-    if redo:
-        _redo(jobs, redo, table, used)
+    with one_thread(job.matrix for job in jobs):
+        table = _measure_rows(jobs)
+        used = [j.estimator for j in jobs]
+        redo = [i for i, row in enumerate(table) if not row[_ERROR] <= TOLERANCE]  # NaN included
+        for i, job in enumerate(jobs):
+            if job.state is not None and job.estimator == "randomized":
+                job.state.adapt(table[i][_ERROR])
+                job.state.fallbacks += int(i in redo)
+        if redo:
+            _redo(jobs, redo, table, used)
     return [Result.from_row(row, estimator) for row, estimator in zip(table, used)]
 
 
@@ -144,7 +147,8 @@ def measure(
     Raises:
         ValueError: On an unknown estimator or a full-spectrum metric with ``"randomized"``.
     """
-    row = _measure_rows([Job(matrix, estimator, frozenset(metrics), state)])[0]
+    with one_thread([matrix]):
+        row = _measure_rows([Job(matrix, estimator, frozenset(metrics), state)])[0]
     return Result.from_row(row, estimator)
 
 

@@ -18,7 +18,7 @@ from ndtracker import spectra
 from ndtracker.spectra.classes import example_matrix
 from ndtracker.tracking.distributed import local_tensor
 from ndtracker.tracking.layers import TrackedLayer, first_tensor
-from ndtracker.spectra import full_precision
+from ndtracker.spectra import full_precision, one_thread
 from ndtracker.spectra.similarity import DEFAULT_ROWS, example_matrix as first_examples
 from ndtracker.tracking.options import Options
 
@@ -132,7 +132,7 @@ class Capturer:
                 self._warn(layer.name, "activation", NO_TENSOR.format(type(output).__name__))
                 return
             tensor = local_tensor(tensor)  # a DTensor's shard, a pending collective's result
-            with torch.no_grad(), full_precision([tensor.device.type]):
+            with torch.no_grad(), full_precision([tensor.device.type]), one_thread([tensor]):
                 self._capture_tensor(layer, tensor)
             layer.captured_in_training = training
         except Exception as error:  # a monitor never stops training
