@@ -13,6 +13,13 @@ autocorrelation), scaled by the window actually used, and capped at 3 times the 
 residuals around the level support (their robust sd and lag-1 autocorrelation, calibrated on
 white and AR(1) noise): on noise the cap does not bind, on a smooth curve that bends it keeps the
 curvature from reading as noise (which would hide a real drift in a stabilization).
+
+A series of fewer than three blocks (under 160 samples) is one noise context, where a fast fall
+and rise (a V: a collapse, then a recovery) would inflate that noise over the whole series; there
+the noise is also measured where the series is still (:func:`_quiet_sd`): outside the stretches
+where the level moves (found under a provisional noise that a V does not inflate), times 1.75,
+and the level's sd is the smaller of the two. In three blocks or more, each block's noise is the
+median over the three blocks around it, which already leaves a V in one block out.
 """
 
 from __future__ import annotations
