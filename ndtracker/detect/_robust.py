@@ -312,16 +312,21 @@ def _second_differences(y: np.ndarray, k: int) -> np.ndarray:
     return y[2 * k :] - 2.0 * y[k:-k] + y[: -2 * k]
 
 
-def _ar1_fit(variances: np.ndarray, lags: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _ar1_fit(
+    variances: np.ndarray, lags: np.ndarray, seen: tuple[tuple[float, ...], ...] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Fit the AR(1) model to the variances of second differences at ``lags`` (one row per context).
 
     For noise with sd s and lag-1 autocorrelation phi, the second difference at lag k has variance
-    ``s^2 (6 - 8 phi^k + 2 phi^(2k))``. The fit is least squares on the logarithms, over ``phi`` on
+    ``s^2 (6 - 8 phi^k + 2 phi^(2k))``; ``seen``, if given, multiplies that by a factor per lag
+    (one row per lag of ``lags``, over phi = 0, 0.1, ..., 0.9; interpolated in between): the variances of a
+    filtered series (residuals around a running median, :mod:`ndtracker.detect.level`). The fit is
+    least squares on the logarithms, over ``phi`` on
     ``_PHI_GRID``; returns (s, phi) per row; rows of zeros (a straight stretch) give ``s = 0``.
     For each phi the best ``log s^2`` is the mean gap between the two curves, which leaves a
     misfit of ``|shape - mean|^2 - 2 (logs - mean) . (shape - mean)`` plus a constant per row.
     """
-    columns, spread, mean_shape = _ar1_shapes(tuple(lags.tolist()))
+    columns, spread, mean_shape = _ar1_shapes(tuple(lags.tolist()), seen)
     logs = np.log(np.maximum(variances, 1e-300))
     mean_log = logs.mean(axis=1, keepdims=True)
     deviations = logs - mean_log
@@ -332,12 +337,17 @@ def _ar1_fit(variances: np.ndarray, lags: np.ndarray) -> tuple[np.ndarray, np.nd
 
 
 @cache
-def _ar1_shapes(lags: tuple[int, ...]) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+def _ar1_shapes(
+    lags: tuple[int, ...], seen: tuple[tuple[float, ...], ...] | None = None
+) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
     """What :func:`_ar1_fit` needs of the model's log-variance curve at ``lags`` for each phi on
-    ``_PHI_GRID``: the curve's deviations from its mean (one row per lag), their sum of squares,
-    and its mean."""
+    ``_PHI_GRID`` (times the factors ``seen``, if given): the curve's deviations from its mean
+    (one row per lag), their sum of squares, and its mean."""
     powers = _PHI_GRID[:, None] ** np.array(lags)
     shape = np.log(6.0 - 8.0 * powers + 2.0 * _PHI_GRID[:, None] ** (2 * np.array(lags)))
+    if seen is not None:
+        coarse = np.linspace(0.0, _MAX_PHI, len(seen[0]))
+        shape = shape + np.stack([np.interp(_PHI_GRID, coarse, np.log(row)) for row in seen], axis=1)
     centred = shape - shape.mean(axis=1, keepdims=True)
     return [centred[None, :, j] for j in range(len(lags))], np.sum(centred**2, axis=1), shape.mean(axis=1)
 

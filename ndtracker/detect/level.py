@@ -13,6 +13,13 @@ autocorrelation), scaled by the window actually used, and capped at 3 times the 
 residuals around the level support (their robust sd and lag-1 autocorrelation, calibrated on
 white and AR(1) noise): on noise the cap does not bind, on a smooth curve that bends it keeps the
 curvature from reading as noise (which would hide a real drift in a stabilization).
+
+A series of fewer than three blocks (under 160 samples) is one noise context, where a fast fall
+and rise (a V: a collapse, then a recovery) would inflate that noise over the whole series; there
+the noise is also measured where the series is still (:func:`_quiet_sd`): outside the stretches
+where the level moves (found under a provisional noise that a V does not inflate), times 1.75,
+and the level's sd is the smaller of the two. In three blocks or more, each block's noise is the
+median over the three blocks around it, which already leaves a V in one block out.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from ndtracker.detect.jumps import _jump_candidates, _JumpOptions
 from ndtracker.detect._robust import (
     _BLOCK,
     _ar1_fit,
+    _block_rows,
     _check,
     _check_steps,
     _clipped,
@@ -33,8 +41,10 @@ from ndtracker.detect._robust import (
     _local_scale,
     _median_of,
     _prepare,
+    _robust_sd,
     _second_differences,
 )
+from ndtracker.detect._zigzag import _Scan
 from ndtracker.detect._robust import _running_median as _padded_running_median
 
 __all__ = ["smooth_level"]
@@ -92,6 +102,23 @@ _LEVEL_RATIO = np.array([0.3765, 0.4151, 0.4517, 0.5059, 0.5703, 0.6607, 0.7882,
 _SAMPLE_RATIO = 1.0 / np.array([0.8325, 0.8181, 0.8038, 0.7830, 0.7611, 0.7280, 0.6859, 0.6222, 0.5298, 0.3873])
 _CAP = 3.0  # the second-difference noise is at most this many times what the residuals support
 
+# A series of fewer than _FEW_BLOCKS blocks is one noise context (:func:`_quiet_sd`):
+_FEW_BLOCKS = 3  # ... with three blocks or more, each block's context is a median over three
+_QUIET = 1.75  # the noise where the level is still, times this (it leaves out the largest moves;
+# chosen on AR(1) noise of phi 0.8 and 20 to 159 samples: one stabilization in 0 to 1.4 points fewer series)
+_MIN_QUIET = 8  # ... from at least this many second differences at each lag
+_MOVE, _MOVE_SD = 0.05, 4.0  # the level moves where it swings by 5 % and 4 noise sd (the phases' defaults)
+# Calibration of the second differences of the residuals around the level's running median (AR(1)
+# Gaussian noise, phi 0 to 0.9 in steps of 0.1, 3 x 131 072 samples each, HALF_WIDTH 4, robust
+# block sds): their variance over that of the noise's own second differences, one row per lag of
+# _NOISE_LAGS. The median follows slow noise, so long lags keep less of it.
+_SEEN = (
+    (1.0054, 0.9976, 0.9961, 0.9955, 0.9949, 0.9890, 0.9770, 0.9502, 0.9070, 0.8501),
+    (1.0015, 1.0025, 1.0007, 1.0000, 0.9961, 0.9836, 0.9461, 0.9013, 0.8495, 0.7625),
+    (1.0832, 1.0629, 1.0403, 1.0059, 0.9535, 0.8997, 0.8154, 0.7272, 0.6284, 0.5306),
+    (0.8418, 0.8040, 0.7666, 0.7128, 0.6463, 0.5685, 0.4791, 0.3846, 0.2948, 0.2229),
+)
+
 
 def _window_sizes(n: int, half: int) -> np.ndarray:
     """Samples in each of ``n`` samples' symmetric window (shrunk at the ends)."""
@@ -145,14 +172,17 @@ def _noise_sd(lag_sds: np.ndarray, size: int) -> np.ndarray:
     return np.repeat(per_block, _BLOCK)[:size]
 
 
-def _short_lag_noise(lag_sds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _short_lag_noise(lag_sds: np.ndarray, seen: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """AR(1) noise sd and lag-1 autocorrelation per block (as :func:`_local_noise`), fitted on the
     robust sds of second differences at the first lags of ``_NOISE_LAGS`` only (one row per
     lag; zero with fewer than two lags): at longer lags the curvature of a trend over a few
-    hundred samples reads as autocorrelation and inflates the level's noise."""
-    if lag_sds.shape[0] < 2:
+    hundred samples reads as autocorrelation and inflates the level's noise. ``seen``: the
+    second differences are of the residuals around the level's running median, which AR(1)
+    noise shows as calibrated in ``_SEEN``."""
+    lags = _NOISE_LAGS[: lag_sds.shape[0]]
+    if lags.size < 2:
         return np.zeros(lag_sds.shape[1]), np.zeros(lag_sds.shape[1])
-    return _ar1_fit(np.ascontiguousarray(lag_sds.T**2), _NOISE_LAGS[: lag_sds.shape[0]])
+    return _ar1_fit(np.ascontiguousarray(lag_sds.T**2), lags, _SEEN[: lags.size] if seen else None)
 
 
 def _level_sd(clipped: np.ndarray, level: np.ndarray, sizes: np.ndarray, half: int) -> np.ndarray:
@@ -175,9 +205,72 @@ def _level_sd(clipped: np.ndarray, level: np.ndarray, sizes: np.ndarray, half: i
     return np.minimum(_CAP * residual, _noise_sd(lag_sds, clipped.size) * _window_factor(sizes, half))
 
 
-def _piece_level(y: np.ndarray, half: int) -> np.ndarray:
-    """Level of one piece between jumps (median then mean over shrinking windows)."""
-    return _running_mean(_running_median(y, half), half) if y.size else y
+def _quiet_sd(
+    clipped: np.ndarray, level: _Level, median: np.ndarray, sizes: np.ndarray, cuts: list[int], half: int
+) -> np.ndarray:
+    """The level's noise sd of a series of fewer than ``_FEW_BLOCKS`` blocks: ``level.sd``, or
+    less where the series is still outside the stretches where its level moves.
+
+    In a longer series each block's noise is the median over the three blocks around it, so a
+    fast fall and rise (a V) within one block does not read as noise; a shorter series is one
+    noise context, and the curvature of a V inflates the second differences at every lag (and
+    their AR(1) fit's autocorrelation) over the whole of it. Here the stretches where the level
+    moves are found under a provisional noise that a V does not inflate
+    (:func:`_provisional_sd`, :func:`_still_samples`); the AR(1) model is then fitted to the
+    second differences that cross neither those stretches nor a jump (``_MIN_QUIET`` of them at
+    each lag, or the noise stays ``level.sd``), times ``_QUIET`` (leaving out the largest moves
+    of the level leaves out the largest excursions of noise too; calibrated on short AR(1)
+    noise), and scaled by the window; the level's sd is the smaller of that and ``level.sd``.
+    """
+    lags = _NOISE_LAGS[_NOISE_LAGS <= clipped.size // 6]
+    if len(_block_rows(clipped.size)[0]) >= _FEW_BLOCKS or lags.size < 2:
+        return level.sd
+    provisional = np.minimum(level.sd, _provisional_sd(clipped - median, lags) * _window_factor(sizes, half))
+    still = _still_samples(_Level(level.level, provisional), cuts)
+    quiet = [_quiet_second_differences(clipped, still, k) for k in lags]
+    if still.all() or min(q.size for q in quiet) < _MIN_QUIET:
+        return level.sd
+    sigma, phi = _short_lag_noise(np.stack([_robust_sd(q[None]) for q in quiet]))
+    noise = _QUIET * sigma[0] * np.sqrt((1 + phi[0]) / (1 - phi[0]))
+    return np.minimum(level.sd, noise * _window_factor(sizes, half))
+
+
+def _provisional_sd(rough: np.ndarray, lags: np.ndarray) -> float:
+    """One sample's noise sd (inflated for its autocorrelation, as :func:`_noise_sd`) from the
+    second differences of ``rough``, the residuals around the level's running median, over the
+    whole series: the median follows a monotone fall or rise and its corners, which the level (a
+    mean of 9 medians) rounds off, so a V's curvature does not read as noise. AR(1) noise shows
+    through the median as calibrated in ``_SEEN`` (at ``HALF_WIDTH``); on noise this is as large
+    as the usual estimate, but it scatters more (the median also follows slow noise)."""
+    lag_sds = np.stack([_robust_sd(_second_differences(rough, k)[None]) for k in lags])
+    sigma, phi = _short_lag_noise(lag_sds, seen=True)
+    return float(sigma[0] * np.sqrt((1 + phi[0]) / (1 - phi[0])))
+
+
+def _still_samples(level: _Level, cuts: list[int]) -> np.ndarray:
+    """Whether each sample lies outside the stretches where ``level`` moves (the trimmed swings of
+    its zig-zag, :class:`~ndtracker.detect._zigzag._Scan`, as the phases find them with their
+    default ``min_change`` and ``trend_threshold``), and is not the first sample after a jump."""
+    scan = _Scan(level.level, level.sd, _MOVE, _MOVE_SD)
+    positions = np.arange(level.level.size, dtype=float)
+    still = np.ones(level.level.size, bool)
+    for _, trend in scan.confirmed(scan.swings(0, level.level.size), positions, 2 * HALF_WIDTH):
+        still[trend.start : trend.end + 1] = False
+    still[[c for c in cuts if 0 < c < still.size]] = False
+    return still
+
+
+def _quiet_second_differences(y: np.ndarray, still: np.ndarray, k: int) -> np.ndarray:
+    """The second differences of ``y`` at lag ``k`` whose ``2 k + 1`` samples are all still."""
+    moving = np.concatenate([[0], np.cumsum(~still)])
+    windows = moving[2 * k + 1 :] - moving[: -2 * k - 1]
+    return _second_differences(y, k)[windows == 0]
+
+
+def _piece_level(y: np.ndarray, half: int) -> tuple[np.ndarray, np.ndarray]:
+    """Level of one piece between jumps (median then mean over shrinking windows), and the median."""
+    median = _running_median(y, half) if y.size else y
+    return (_running_mean(median, half) if y.size else y), median
 
 
 def _clip_outliers(y: np.ndarray, padded: np.ndarray | None = None) -> np.ndarray:
@@ -206,10 +299,12 @@ def _level_of_finite(
         return _Level(np.zeros(0), np.zeros(0))
     clipped = _clip_outliers(y, padded)
     edges = [0, *sorted(c for c in set(cuts) if 0 < c < clipped.size), clipped.size]
-    level = np.concatenate([_piece_level(clipped[a:b], half) for a, b in zip(edges, edges[1:])])
+    pieces = [_piece_level(clipped[a:b], half) for a, b in zip(edges, edges[1:])]
+    level, median = (np.concatenate(part) for part in zip(*pieces))
     sizes = np.concatenate([_window_sizes(b - a, half) for a, b in zip(edges, edges[1:])])
     floor = _REL_FLOOR * np.abs(level)
-    return _Level(level, np.maximum(_level_sd(clipped, level, sizes, half), floor))
+    sd = _quiet_sd(clipped, _Level(level, _level_sd(clipped, level, sizes, half)), median, sizes, cuts, half)
+    return _Level(level, np.maximum(sd, floor))
 
 
 def smooth_level(values: ArrayLike, steps: ArrayLike | None = None, *, half_width: int = HALF_WIDTH) -> np.ndarray:

@@ -44,7 +44,8 @@ a trend is split at any jump of the opposite sign inside it, a stabilization bet
 one kind that moves their way by half of ``min_change`` joins them (the slower stretch of one
 trend), and neighbours of one kind are merged unless a jump separates them (for trends: a jump of
 the opposite sign). Everything is local: the level at a sample depends on the samples within 8 of
-it, noise on the 64-sample blocks around it, and a swing only on the samples since the previous
+it, noise on the 64-sample blocks around it (under 160 samples, on the whole series where
+its level is still: :mod:`ndtracker.detect.level`), and a swing only on the samples since the previous
 extreme; so the labels of the first steps do not change when the run goes on, except the phase at
 the end.
 """
