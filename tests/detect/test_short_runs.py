@@ -1,7 +1,7 @@
 """Phase labels on short real runs with a fast V (a collapse, then a recovery), and the noise of
 the level that they are judged against (``ndtracker.detect.level._quiet_sd``).
 
-The series are activation stable ranks of real runs at every=5 (see ``NOTES-vshape.md``).
+The series are activation stable ranks of real runs at every=5 (each is described above its array).
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def test_the_collapse_of_a_short_v_does_not_take_the_recovery() -> None:
 
 @pytest.mark.xfail(
     reason="open: the recovery's net change (+16 % in noise of sd 0.25; +34 % in small autocorrelated "
-    "probe noise) stays within 4 noise sd of the level as estimated: a stabilization (NOTES-vshape.md)",
+    "probe noise) stays within 4 noise sd of the level as estimated: a stabilization",
     strict=True,
 )
 @pytest.mark.parametrize("values", [MLP_V, PROBE_V], ids=["mlp", "probe"])
