@@ -13,8 +13,8 @@ bandwidth-bound): one thread made a sample cost more, MLP +40.0% -> +46.7% and G
 +31.8% of the step (``benchmarks/overhead.py``'s workloads, interleaved).
 
 So :func:`~ndtracker.spectra.measure_many` and the activation capture run on one intra-op thread
-while the CPUs are oversubscribed (the 1-minute load average is above the number of CPUs this
-process may use) and every CPU matrix of the batch has at most :data:`ONE_THREAD_ELEMENTS`
+while the CPUs are oversubscribed (the 1-minute load average is above 1.5 times the number of
+CPUs this process may use: a loop alone, its threads on every CPU, keeps it near 1 times) and every CPU matrix of the batch has at most :data:`ONE_THREAD_ELEMENTS`
 elements, and restore the caller's setting after (on an error too). Only under the OpenMP backend,
 where changing the count is cheap (well under a microsecond) and allowed at any time; torch's
 native thread pool refuses a change once parallel work has started, so there nothing is changed.
@@ -29,9 +29,10 @@ from collections.abc import Iterable, Iterator
 
 import torch
 
-__all__ = ["ONE_THREAD_ELEMENTS", "one_thread"]
+__all__ = ["ONE_THREAD_ELEMENTS", "OVERSUBSCRIBED", "one_thread"]
 
 ONE_THREAD_ELEMENTS = 2**21  # elements of a matrix (8 MiB of float32) up to which one thread is used
+OVERSUBSCRIBED = 1.5  # load average over CPUs above which the CPUs count as oversubscribed
 
 
 @contextlib.contextmanager
@@ -58,10 +59,11 @@ def _openmp() -> bool:
 
 
 def _oversubscribed() -> bool:
-    """Whether more threads have wanted to run than this process has CPUs (1-minute load average);
-    False where the platform does not say (no load average: Windows)."""
+    """Whether clearly more threads have wanted to run than this process has CPUs: a 1-minute load
+    average above :data:`OVERSUBSCRIBED` times the CPUs (a training loop alone keeps the load near
+    the CPU count, its threads on every CPU); False where the platform does not say (Windows)."""
     try:
-        return os.getloadavg()[0] > _cpus()
+        return os.getloadavg()[0] > OVERSUBSCRIBED * _cpus()
     except (AttributeError, OSError):
         return False
 

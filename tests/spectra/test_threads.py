@@ -66,7 +66,9 @@ def test_free_cpus_keep_the_callers_threads(two_threads, monkeypatch):
     assert seen == [2]
 
 
-@pytest.mark.parametrize(("load", "cpus", "expected"), [(3.5, 2, True), (2.0, 2, False), (0.1, 16, False), (17.0, 16, True)])
+@pytest.mark.parametrize(
+    ("load", "cpus", "expected"), [(3.5, 2, True), (2.9, 2, False), (2.0, 2, False), (0.1, 16, False), (25.0, 16, True)]
+)
 def test_oversubscribed_compares_the_load_average_with_the_cpus(monkeypatch, load, cpus, expected):
     monkeypatch.setattr(threads.os, "getloadavg", lambda: (load, 0.0, 0.0))
     monkeypatch.setattr(threads, "_cpus", lambda: cpus)
