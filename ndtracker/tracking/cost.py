@@ -26,6 +26,7 @@ CHECK_EVERY = 8  # samples between two evaluations by check() (one costs ~50 µs
 WARN_SHARE = 0.3  # a loop slowed by more than this fraction is warned about (once) ...
 WARN_MS = 20.0  # ... if each sample costs it more than this many milliseconds (below, 10 000 steps
 # at every=5 lose under 40 s: a tiny model's loop, slowed in relative terms only, is not warned about)
+STALL = 8.0  # a sample's extra time this many spreads (at least steps) above the median is a stall
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,8 @@ class Overhead:
     Attributes:
         share: The touched steps' extra wall time as a fraction of the loop's time without it
             (0.25: the loop runs 25 % slower than it would untracked).
-        per_sample_ms: Extra wall time per sample (a mean without the extreme 5 %), in milliseconds.
+        per_sample_ms: Extra wall time per sample (a mean without the stalls of the loop's own that
+            fell on a sample's steps), in milliseconds.
         step_ms: Median wall time of an untouched step, in milliseconds.
         samples: Samples in the window the figures come from.
     """
@@ -94,7 +96,7 @@ class OverheadMeter:
         step = statistics.median(quiet)
         if step <= 0:
             return None
-        extra = max(_trimmed_mean(self._extra_per_sample(step, kinds)), 0.0)
+        extra = max(_mean_without_stalls(self._extra_per_sample(step, kinds), step), 0.0)
         share = extra * samples / (step * len(self._intervals))
         return Overhead(share, 1e3 * extra, 1e3 * step, samples)
 
@@ -110,10 +112,11 @@ class OverheadMeter:
     def _extra_per_sample(self, step: float, kinds: list[str]) -> list[float]:
         """Each sample's extra time: its touched intervals and the one after them, less a step each.
 
-        Averaged without the highest and lowest 5 % (:func:`_trimmed_mean`), against the median
-        step apart from samples, so a stall that hits one step (an evaluation pass, a checkpoint,
-        a busy machine) does not read as the tracker's cost, while the samples that cost more by
-        design (the online detector checks every 4th and 8th value) still count.
+        Against the median step apart from samples, and averaged without the stalls
+        (:func:`_mean_without_stalls`), so an evaluation pass or a checkpoint that falls on a
+        sample's steps (every 50 steps at every=5: one sample in ten) does not read as the
+        tracker's cost, while the samples that cost more by design (the online detector checks
+        every 4th and 8th value) still count.
         """
         extras: list[float] = []
         for (seconds, _, sample), kind in zip(self._intervals, kinds):
@@ -121,6 +124,8 @@ class OverheadMeter:
                 extras.append(0.0)
             if kind != "apart" and extras:
                 extras[-1] += seconds - step
+        if len(extras) > 1 and kinds[-1] != "apart":  # the last sample's intervals are not all in yet
+            extras.pop()
         return extras
 
     def check(self) -> Overhead | None:
@@ -136,9 +141,15 @@ class OverheadMeter:
         return found
 
 
-def _trimmed_mean(values: list[float], cut: float = 0.05) -> float:
-    """The mean of ``values`` without the highest and lowest ``cut`` of them (at least one value)."""
-    ordered = sorted(values)
-    drop = int(cut * len(ordered))
-    kept = ordered[drop : len(ordered) - drop] or ordered
+def _mean_without_stalls(extras: list[float], step: float) -> float:
+    """The mean of the samples' extra times (seconds, at least one) without the stalls: those more
+    than :data:`STALL` spreads above the median, the spread being the largest of 1.4826 times the
+    median absolute deviation, half the median and one ``step`` (an untouched step's time). A
+    stall of the loop's own (an evaluation pass, a checkpoint) is many steps long; a sample that
+    costs a few times the others by design (a detector check) is within that. Stalls on more than
+    half of the samples (an evaluation after every sample) cannot be told from the tracker's cost."""
+    center = statistics.median(extras)
+    deviation = statistics.median(abs(extra - center) for extra in extras)
+    spread = max(1.4826 * deviation, 0.5 * abs(center), step)
+    kept = [extra for extra in extras if extra <= center + STALL * spread]
     return sum(kept) / len(kept)

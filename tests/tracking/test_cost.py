@@ -100,7 +100,7 @@ def test_check_reports_a_high_share_once_and_a_low_one_never():
 
 def test_a_stall_in_one_step_is_not_read_as_the_trackers_cost():
     """An evaluation pass or a checkpoint that lands on a sampled step adds to that sample only:
-    the trimmed mean over samples leaves it out."""
+    the mean over samples leaves that stall out."""
     meter = OverheadMeter()
     now = 0.0
     for t in range(5 * 30 + 2):
@@ -110,6 +110,32 @@ def test_a_stall_in_one_step_is_not_read_as_the_trackers_cost():
         now += 5.0 if t == 5 * 20 else 0.0  # a 5-second stall after a sample's measurement
     found = meter.overhead()
     assert found.per_sample_ms == pytest.approx(2.0) and meter.check() is None
+
+
+@pytest.mark.parametrize("every_samples", [10, 5])
+def test_a_periodic_evaluation_on_sampled_steps_is_not_read_as_the_trackers_cost(every_samples):
+    """A 2-second evaluation every 50 (25) steps, run after tracker.step() at a sampled step of a
+    loop sampled every 5 steps: one sample in ten (five) carries it. The tracker's own cost (2 ms
+    per sample on a 50 ms step, plus 9 ms at every fourth sample: the detector) is what is read,
+    and nothing is warned about."""
+    meter = OverheadMeter()
+    now, samples = 0.0, 0
+    for t in range(5 * 60 + 2):
+        sampled_next, ended = (t + 1) % 5 == 0, t % 5 == 0
+        meter.tick(now, sampled_next or ended, sampled_next)
+        samples += ended
+        now += 0.050 + (0.001 if sampled_next else 0.0) + (0.001 if ended else 0.0)
+        now += 0.009 if ended and samples % 4 == 0 else 0.0
+        now += 2.0 if ended and samples % every_samples == 0 else 0.0  # the evaluation
+    found = meter.overhead()
+    assert found.per_sample_ms == pytest.approx(2.0 + 9.0 / 4, rel=0.15)
+    assert found.share < 0.05 and meter.check() is None
+
+
+def test_stalls_on_most_samples_are_the_trackers_cost_as_far_as_the_clock_can_tell():
+    meter = OverheadMeter()
+    drive(meter, every=5, samples=30, step=0.004, weights=0.0, activations=0.5)
+    assert meter.overhead().per_sample_ms == pytest.approx(500.0)
 
 
 def test_a_slow_sampling_is_warned_about_once_with_what_to_change(tmp_path, monkeypatch):
