@@ -26,6 +26,17 @@ def drive(meter: OverheadMeter, every: int, samples: int, step: float, weights: 
         now += step + (weights if sampled_next else 0.0) + (activations if ended else 0.0)
 
 
+def drive_samples(meter: OverheadMeter, samples: int, seconds) -> None:
+    """Ticks of a loop sampled every 5 steps whose step ``t`` lasts ``seconds(sampled_next, ended,
+    samples)``: whether the next step is sampled, whether this one was, samples so far."""
+    now, count = 0.0, 0
+    for t in range(5 * samples + 2):
+        sampled_next, ended = (t + 1) % 5 == 0, t % 5 == 0
+        meter.tick(now, sampled_next or ended, sampled_next)
+        count += ended
+        now += seconds(sampled_next, ended, count)
+
+
 def test_the_share_is_the_touched_steps_extra_time_over_the_loop_without_it():
     meter = OverheadMeter()
     drive(meter, every=5, samples=20, step=0.004, weights=0.003, activations=0.005)
@@ -73,12 +84,8 @@ def test_no_figure_without_enough_samples_or_untouched_steps():
 def test_samples_that_cost_more_by_design_count():
     """Every fourth sample costs 9 ms more (the detector's check): the mean counts it."""
     meter = OverheadMeter()
-    now, samples = 0.0, 0
-    for t in range(5 * 41 + 2):
-        sampled_next, ended = (t + 1) % 5 == 0, t % 5 == 0
-        meter.tick(now, sampled_next or ended, sampled_next)
-        samples += ended
-        now += 0.004 + (0.002 if sampled_next else 0.0) + (0.001 + (0.009 if samples % 4 == 0 else 0.0) if ended else 0.0)
+    drive_samples(meter, 41, lambda sampled_next, ended, samples: 0.004 + (0.002 if sampled_next else 0.0)
+                  + (0.001 + (0.009 if samples % 4 == 0 else 0.0) if ended else 0.0))  # fmt: skip
     assert meter.overhead().per_sample_ms == pytest.approx(3.0 + 9.0 / 4, rel=0.05)
 
 
@@ -118,15 +125,13 @@ def test_a_periodic_evaluation_on_sampled_steps_is_not_read_as_the_trackers_cost
     loop sampled every 5 steps: one sample in ten (five) carries it. The tracker's own cost (2 ms
     per sample on a 50 ms step, plus 9 ms at every fourth sample: the detector) is what is read,
     and nothing is warned about."""
+    def step(sampled_next: bool, ended: bool, samples: int) -> float:
+        seconds = 0.050 + (0.001 if sampled_next else 0.0) + (0.001 if ended else 0.0)
+        seconds += 0.009 if ended and samples % 4 == 0 else 0.0
+        return seconds + (2.0 if ended and samples % every_samples == 0 else 0.0)  # the evaluation
+
     meter = OverheadMeter()
-    now, samples = 0.0, 0
-    for t in range(5 * 60 + 2):
-        sampled_next, ended = (t + 1) % 5 == 0, t % 5 == 0
-        meter.tick(now, sampled_next or ended, sampled_next)
-        samples += ended
-        now += 0.050 + (0.001 if sampled_next else 0.0) + (0.001 if ended else 0.0)
-        now += 0.009 if ended and samples % 4 == 0 else 0.0
-        now += 2.0 if ended and samples % every_samples == 0 else 0.0  # the evaluation
+    drive_samples(meter, 60, step)
     found = meter.overhead()
     assert found.per_sample_ms == pytest.approx(2.0 + 9.0 / 4, rel=0.15)
     assert found.share < 0.05 and meter.check() is None
