@@ -308,7 +308,10 @@ class OnlineDetector:
         last = self._reported[-1] if self._reported else None
         if last is None and not final and len(phases) < 2 and phases and phases[0].kind == "stabilization":
             return []  # the first phase is reported once it is a trend or has ended
-        first_usable = 0 if not self._reported else self._buffer.arrays()[1][0] + 2 * self.settle
+        # the buffer's start is an edge of the data only once it has dropped values: phases that
+        # start within 2 * settle of it are then not trusted (their start level is the edge's)
+        dropped = self._finite > self.buffer
+        first_usable = self._buffer.arrays()[1][0] + 2 * self.settle if self._reported and dropped else 0
         changes = [
             (p.start, p.kind) for p in phases
             if (last is None or (p.start > last.index and p.kind != last.kind)) and p.start >= first_usable

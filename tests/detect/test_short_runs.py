@@ -41,6 +41,17 @@ PROBE_V = np.array([
 ])  # fmt: skip
 
 
+# Another run of that Lightning MLP (shuffled differently), probe layer "net.2": a smooth collapse
+# 4.6 -> 2.2 over samples 2-9 (noise about 0.04 between neighbours), then a slow rise to 3.1.
+PROBE_SMOOTH = np.array([
+    4.62, 4.66, 4.58, 4.24, 3.82, 3.29, 2.78, 2.39, 2.2, 2.19, 2.25, 2.32, 2.2, 2.36, 2.42, 2.35,
+    2.39, 2.45, 2.46, 2.65, 2.77, 2.71, 2.69, 2.79, 2.75, 2.68, 2.67, 2.75, 2.75, 2.72, 2.67, 2.81,
+    2.93, 2.89, 2.86, 2.73, 2.69, 2.78, 2.85, 2.89, 2.92, 2.99, 3.02, 3.05, 3.13, 3.17, 3.04, 3.0,
+    3.0, 3.02, 2.96, 2.88, 2.9, 2.92, 2.92, 2.98, 2.97, 2.99, 3.0, 3.0, 3.02, 3.11, 3.13, 3.07, 3.0,
+    3.07, 3.09, 3.05, 3.1, 3.07,
+])  # fmt: skip
+
+
 def kinds(values: np.ndarray) -> list[tuple[str, int, int]]:
     return [(p.kind, p.start, p.stop) for p in label_phases(values)]
 
@@ -56,7 +67,7 @@ def test_a_fast_v_on_a_short_run_is_a_collapse_then_an_expansion(scale: float) -
     assert collapse.relative_change <= -0.4 and expansion.relative_change >= 0.15
 
 
-@pytest.mark.parametrize("values", [CNN_V, MLP_V, PROBE_V], ids=["cnn", "mlp", "probe"])
+@pytest.mark.parametrize("values", [CNN_V, MLP_V, PROBE_V, PROBE_SMOOTH], ids=["cnn", "mlp", "probe", "smooth"])
 def test_short_real_runs_obey_the_rule(values: np.ndarray) -> None:
     phases, jumps = phases_and_jumps(values, 5 * np.arange(values.size))
     check_rule(phases, jumps, smooth_level(values), level_noise(values, jumps))
@@ -70,22 +81,59 @@ def test_the_collapse_of_a_short_v_does_not_take_the_recovery() -> None:
     assert first.relative_change <= -0.35
 
 
+def test_the_recovery_of_a_short_smooth_v_is_an_expansion() -> None:
+    """The probe's series is smooth (its noise strongly autocorrelated): a mean of 9 of its samples
+    is not noisier than one sample (before, the level's noise read 0.25 where the whole rise is
+    +34 %, and the recovery was a stabilization)."""
+    assert [p.kind for p in label_phases(PROBE_V)][:2] == ["collapse", "expansion"], kinds(PROBE_V)
+
+
 @pytest.mark.xfail(
-    reason="open: the recovery's net change (+16 % in noise of sd 0.25; +34 % in small autocorrelated "
-    "probe noise) stays within 4 noise sd of the level as estimated: a stabilization",
+    reason="open: the recovery's net change (+16 % in noise of sd 0.25) stays within 4 noise sd of "
+    "the level as estimated: a stabilization",
     strict=True,
 )
-@pytest.mark.parametrize("values", [MLP_V, PROBE_V], ids=["mlp", "probe"])
-def test_the_recovery_of_a_short_v_is_an_expansion(values: np.ndarray) -> None:
-    assert [p.kind for p in label_phases(values)][:2] == ["collapse", "expansion"], kinds(values)
+def test_the_recovery_of_a_short_noisy_v_is_an_expansion() -> None:
+    assert [p.kind for p in label_phases(MLP_V)][:2] == ["collapse", "expansion"], kinds(MLP_V)
 
 
-def test_the_online_detector_ends_with_the_offline_phases_of_a_short_v() -> None:
+def test_a_smooth_short_collapse_is_a_collapse() -> None:
+    """Before, one stabilization 0-70 (-15 %): the curve's smoothness read as AR(1) noise of phi 0.9,
+    whose long-window inflation made the level (a mean of 9 samples) 1.45 times noisier than one
+    sample."""
+    first = label_phases(PROBE_SMOOTH)[0]
+    assert first.kind == "collapse" and first.start == 0 and 7 <= first.stop <= 12
+    assert first.relative_change <= -0.4
+
+
+@pytest.mark.parametrize("values", [PROBE_V, PROBE_SMOOTH, CNN_V, MLP_V], ids=["probe", "smooth", "cnn", "mlp"])
+def test_a_short_series_level_is_never_noisier_than_one_sample(values: np.ndarray) -> None:
+    """Invariant of the AR(1) model: a mean of neighbours has at most one sample's noise sd, here
+    the fitted sd of the whole (one-context) series."""
+    clipped = level_module._clip_outliers(values)
+    level, _ = level_module._piece_level(clipped, HALF_WIDTH)
+    lags = level_module._NOISE_LAGS[level_module._NOISE_LAGS <= clipped.size // 6]
+    _, lag_sds = level_module._noise_context_sds(clipped, level)
+    sigma, _ = level_module._short_lag_noise(lag_sds[: lags.size])
+    assert np.all(_level_of_finite(values, []).sd <= sigma[0] * (1 + 1e-12))
+
+
+@pytest.mark.parametrize("values", [CNN_V, PROBE_V], ids=["cnn", "probe"])
+def test_the_online_detector_ends_with_the_offline_phases_of_a_short_v(values: np.ndarray) -> None:
+    """Changes after the first reported one are reported too: the buffer's start is only an edge
+    once it has dropped values (before, a collapse reported while the run went on hid the
+    expansion and stabilization after it for the first 2 * settle values). Online changes are
+    final when reported, so a sliver of a phase may stay where the offline labels moved a
+    boundary by a sample or two; apart from those, the phases are the offline ones."""
     detector = OnlineDetector()
-    for value in CNN_V:
+    for value in values:
         detector.update(float(value))
     detector.finish()
-    assert [(p.kind, p.start, p.stop) for p in detector.phases()] == kinds(CNN_V)
+    online = [(p.kind, p.start, p.stop) for p in detector.phases() if p.stop - p.start > 2]
+    offline = kinds(values)
+    assert [kind for kind, _, _ in online] == [kind for kind, _, _ in offline], (online, offline)
+    for (_, start, _), (_, expected, _) in zip(online, offline):
+        assert abs(start - expected) <= 2, (online, offline)
 
 
 def v_shape(n: int, sd: float, seed: int) -> np.ndarray:
