@@ -178,8 +178,18 @@ def _noise_sd(lag_sds: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
     reading as trends (one stabilization in 60 % of 1000-sample series of AR(0.95) noise, 41 %
     with the cap)."""
     sigma, phi = _short_lag_noise(lag_sds)
-    per_block = sigma * np.sqrt((1 + phi) / (1 - phi))
-    return np.repeat(per_block, _BLOCK)[:size], np.repeat(sigma, _BLOCK)[:size]
+    return np.repeat(_inflated(sigma, phi), _BLOCK)[:size], np.repeat(sigma, _BLOCK)[:size]
+
+
+def _inflated(sigma: np.ndarray, phi: np.ndarray) -> np.ndarray:
+    """AR(1) noise of sd ``sigma`` and lag-1 autocorrelation ``phi``, as white noise of the same
+    long-window variance: ``sigma * sqrt((1 + phi) / (1 - phi))``."""
+    return sigma * np.sqrt((1 + phi) / (1 - phi))
+
+
+def _one_context(size: int) -> bool:
+    """Whether a series of ``size`` samples has fewer than ``_FEW_BLOCKS`` blocks: one noise context."""
+    return len(_block_rows(size)[0]) < _FEW_BLOCKS
 
 
 def _short_lag_noise(lag_sds: np.ndarray, seen: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -214,7 +224,7 @@ def _level_sd(clipped: np.ndarray, level: np.ndarray, sizes: np.ndarray, half: i
     residual = np.where(sizes >= 2 * half + 1, full, np.maximum(full, shrunk))
     inflated, one_sample = _noise_sd(lag_sds, clipped.size)
     noise = inflated * _window_factor(sizes, half)
-    if len(_block_rows(clipped.size)[0]) < _FEW_BLOCKS:  # a short series: see _noise_sd
+    if _one_context(clipped.size):  # a short series: see _noise_sd
         noise = np.minimum(noise, one_sample)
     return np.minimum(_CAP * residual, noise)
 
@@ -237,7 +247,7 @@ def _quiet_sd(
     noise), and scaled by the window; the level's sd is the smaller of that and ``level.sd``.
     """
     lags = _NOISE_LAGS[_NOISE_LAGS <= clipped.size // 6]
-    if len(_block_rows(clipped.size)[0]) >= _FEW_BLOCKS or lags.size < 2:
+    if not _one_context(clipped.size) or lags.size < 2:
         return level.sd
     provisional = np.minimum(level.sd, _provisional_sd(clipped - median, lags) * _window_factor(sizes, half))
     still = _still_samples(_Level(level.level, provisional), cuts)
@@ -245,7 +255,7 @@ def _quiet_sd(
     if still.all() or min(q.size for q in quiet) < _MIN_QUIET:
         return level.sd
     sigma, phi = _short_lag_noise(np.stack([_robust_sd(q[None]) for q in quiet]))
-    noise = _QUIET * sigma[0] * np.sqrt((1 + phi[0]) / (1 - phi[0]))
+    noise = _QUIET * _inflated(sigma[0], phi[0])
     return np.minimum(level.sd, noise * _window_factor(sizes, half))
 
 
@@ -258,7 +268,7 @@ def _provisional_sd(rough: np.ndarray, lags: np.ndarray) -> float:
     as the usual estimate, but it scatters more (the median also follows slow noise)."""
     lag_sds = np.stack([_robust_sd(_second_differences(rough, k)[None]) for k in lags])
     sigma, phi = _short_lag_noise(lag_sds, seen=True)
-    return float(sigma[0] * np.sqrt((1 + phi[0]) / (1 - phi[0])))
+    return float(_inflated(sigma[0], phi[0]))
 
 
 def _still_samples(level: _Level, cuts: list[int]) -> np.ndarray:

@@ -77,7 +77,8 @@ def measure_many(jobs: list[Job]) -> list[Result]:
     a second transfer, for those rows only), and every stream tunes its Lanczos depth from its
     error (:meth:`StreamingSpectrum.adapt`). So every figure returned is within the tolerance, and
     misses stay rare once a stream has settled. CPU work runs on one intra-op thread while the
-    matrices are small (:mod:`ndtracker.spectra.threads`: threads only add waits there).
+    CPUs are oversubscribed and the matrices small (:mod:`ndtracker.spectra.threads`: threads
+    only add waits there).
 
     Returns:
         One :class:`Result` per job, in order, each naming the estimator that produced it.

@@ -13,9 +13,10 @@ bandwidth-bound): one thread made a sample cost more, MLP +40.0% -> +46.7% and G
 +31.8% of the step (``benchmarks/overhead.py``'s workloads, interleaved).
 
 So :func:`~ndtracker.spectra.measure_many` and the activation capture run on one intra-op thread
-while the CPUs are oversubscribed (the 1-minute load average is above 1.5 times the number of
-CPUs this process may use: a loop alone, its threads on every CPU, keeps it near 1 times) and every CPU matrix of the batch has at most :data:`ONE_THREAD_ELEMENTS`
-elements, and restore the caller's setting after (on an error too). Only under the OpenMP backend,
+while the CPUs are oversubscribed (the 1-minute load average is above :data:`OVERSUBSCRIBED`
+times the CPUs this process may use: a loop alone, its threads on every CPU, keeps it near 1
+times) and every CPU matrix of the batch has at most :data:`ONE_THREAD_ELEMENTS` elements, and
+restore the caller's setting after (on an error too). Only under the OpenMP backend,
 where changing the count is cheap (well under a microsecond) and allowed at any time; torch's
 native thread pool refuses a change once parallel work has started, so there nothing is changed.
 """
